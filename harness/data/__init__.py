@@ -1,0 +1,1 @@
+"""Data layer: readers, preprocessing, caching, splits, batching, synthetic data."""
