@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from harness.cli import data_cmd, list_cmd, report_cmd, study_cmd, train_cmd
+from harness.cli import ablation_cmd, data_cmd, list_cmd, report_cmd, study_cmd, train_cmd
 from harness.errors import HarnessError
 
 app = typer.Typer(
@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (list_cmd, data_cmd, train_cmd, study_cmd, report_cmd):
+for module in (list_cmd, data_cmd, train_cmd, study_cmd, ablation_cmd, report_cmd):
     module.register(app)
 
 
