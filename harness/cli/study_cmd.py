@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,6 +60,7 @@ from harness.cli.options import (
     WeightDecayOption,
 )
 from harness.errors import ConfigError
+from harness.study.presets import PRESETS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -112,8 +114,9 @@ PresetOption = Annotated[
     str | None,
     typer.Option(
         "--preset",
-        help="Training budget: 'quick' (a smoke test in minutes) or 'paper' (the full protocol); "
-        "explicit training flags override it.",
+        help="Training budget, overridden by explicit training flags: "
+        + " or ".join(f"'{preset.name}' ({preset.description})" for preset in PRESETS.values())
+        + ".",
         rich_help_panel=RUN_PANEL,
     ),
 ]
@@ -132,13 +135,13 @@ _NOT_TRAINING_FLAGS = {"dataset"}
 
 def explicit_params(ctx: typer.Context) -> frozenset[str]:
     """Names of the parameters the user gave on the command line (or through the environment)."""
-    given = set()
+    explicit = set()
     for name in ctx.params:
         source = ctx.get_parameter_source(name)
         # Typer 0.29 vendors click privately, so the ParameterSource enum is compared by name.
         if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
-            given.add(name)
-    return frozenset(given)
+            explicit.add(name)
+    return frozenset(explicit)
 
 
 def resolve_train_fn(target: str | None) -> Any:
@@ -185,7 +188,7 @@ def common_inputs(
 
 
 def default_seeds(preset: Preset | None) -> str:
-    """The ``--seeds`` value used when the flag is omitted."""
+    """Return the ``--seeds`` value used when the flag is omitted."""
     from harness.study.presets import DEFAULT_SEEDS
 
     return str(preset.seeds if preset is not None else DEFAULT_SEEDS)
@@ -242,16 +245,35 @@ def print_result(result: StudyResult, value_label: str | None = None) -> None:
     typer.echo(f"report: harness report {result.directory}")
 
 
+class StudyConsoleFilter(logging.Filter):
+    """Console filter during a study: the study's own INFO lines, and warnings and errors of everything.
+
+    Each run's INFO lines (every validation of every run) still go to its
+    ``log.txt``; on the console they would bury the progress bar.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.startswith("harness.study")
+
+
 def run_and_print(run: Any, value_label: str | None = None) -> None:
     """Call ``run()`` with log lines routed around the progress bars, then print its result."""
     import optuna
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    # Optuna resets its logger to INFO when it is first imported; its per-trial
+    # Optuna resets its logger to INFO when it is first imported. Its per-trial
     # lines would repeat what the progress bar shows.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    console_filter = StudyConsoleFilter()
     with logging_redirect_tqdm():
-        result = run()
+        handlers = list(logging.getLogger().handlers)
+        for handler in handlers:
+            handler.addFilter(console_filter)
+        try:
+            result = run()
+        finally:
+            for handler in handlers:
+                handler.removeFilter(console_filter)
     print_result(result, value_label)
 
 
@@ -278,7 +300,7 @@ def study(
         typer.Option(
             "--mode",
             help="'grid' runs every cell as given; 'tune' tunes each backbone+strategy with Optuna "
-            "on validation Recall@20, then runs the best settings over all seeds.",
+            "on validation Recall@20 at the first seed, then runs the best settings over all seeds.",
         ),
     ] = "grid",
     trials: Annotated[
