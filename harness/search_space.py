@@ -85,14 +85,15 @@ def remi_space(trial: optuna.Trial) -> dict[str, Any]:
     """Draw REMI's routing-regularization weight lambda and hard-negative weight beta.
 
     NOTE: the ranges are a choice, not taken from the REMI paper. Lambda spans
-    1e2 to 1e6, about two decades either side of the backbone's default of
-    7,812.5 (the REMI README's weight 100 rescaled to this package's penalty,
-    see ``backbones.remi.REMIConfig``). Beta = 0 turns hard negatives off, and
+    1 to 1e4, two decades either side of the backbone's default of 100 (the
+    weight the REMI README uses). This package's penalty is scaled differently
+    from the REMI code's, so the best weight depends on the history length
+    (see ``backbones.remi.REMIConfig``). Beta = 0 turns hard negatives off, and
     beta = 2 already puts most of the weight on the highest-scoring negatives.
     """
     return {
         "model.options.reg_lambda": trial.suggest_float(
-            "model.options.reg_lambda", 1e2, 1e6, log=True
+            "model.options.reg_lambda", 1.0, 1e4, log=True
         ),
         "train.hard_negative_beta": trial.suggest_float("train.hard_negative_beta", 0.0, 2.0),
     }
