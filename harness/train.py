@@ -47,6 +47,7 @@ from harness.config import RunConfig
 from harness.data.load import load_dataset
 from harness.data.sampler import TrainSampler, pad_histories
 from harness.data.split import make_split
+from harness.data.stats import dataset_stats
 from harness.data.types import EvalSet, Sequences, Split
 from harness.errors import ConfigError, DataError, HarnessError
 from harness.evaluate import EvalResult, evaluate
@@ -708,7 +709,10 @@ def _train_run(
         eval_seconds=eval_seconds,
     )
     runs.write_metrics(
-        run_dir, _metrics_payload(summary, config, trainer.num_interests, test_result)
+        run_dir,
+        _metrics_payload(
+            summary, config, trainer.num_interests, test_result, dataset_stats(dataset)
+        ),
     )
     logger.info(
         "run %s finished: best step %d of %d (%s), valid recall@20 %.4f%s",
@@ -967,7 +971,11 @@ def interest_recovery_per_user(
 
 
 def _metrics_payload(
-    summary: RunSummary, config: RunConfig, num_interests: int, test_result: EvalResult | None
+    summary: RunSummary,
+    config: RunConfig,
+    num_interests: int,
+    test_result: EvalResult | None,
+    data_stats: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "run_id": summary.run_id,
@@ -987,6 +995,8 @@ def _metrics_payload(
         "balance": summary.balance,
         "num_interests": num_interests,
         "n_test_users": len(test_result.per_user) if test_result is not None else 0,
+        # Statistics of the prepared data set, for the report's data set table.
+        "dataset_stats": data_stats,
     }
 
 

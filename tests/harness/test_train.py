@@ -60,6 +60,7 @@ METRICS_KEYS = {
     "balance",
     "num_interests",
     "n_test_users",
+    "dataset_stats",
 }
 TIMING_KEYS = ("train_seconds", "eval_seconds")
 CURVE_PREFIX = [
@@ -143,6 +144,8 @@ def test_run_writes_files_with_schema(tmp_path: Path, dataset: Sequences, split:
     assert metrics["status"] == "finished"
     assert metrics["method"] == "comirec-sa+bam"
     assert metrics["dataset"] == "synthetic"
+    assert metrics["dataset_stats"]["users"] == dataset.n_users
+    assert metrics["dataset_stats"]["interactions"] == dataset.n_interactions
     assert metrics["stopped"] == "max_steps"
     assert metrics["steps"] == 40
     assert metrics["best_step"] in (20, 40)
