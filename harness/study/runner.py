@@ -146,6 +146,7 @@ def run_study(
         prepare=prepare,
         threads=threads,
         heartbeat_s=heartbeat_s,
+        leader_pid=os.getpid(),
     )
     write_study_json(directory, spec, storage=storage, cells=cells if spec.mode == "grid" else None)
     logger.info(

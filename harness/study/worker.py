@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +79,9 @@ class WorkerContext:
         prepare: Loads and splits a data set.
         threads: Torch threads per run (``TrainConfig.threads``), or None for torch's default.
         heartbeat_s: Seconds between heartbeats of a claimed trial.
+        leader_pid: Process id of the study command that started the workers.
+            A worker process whose leader has died claims no further cell and
+            abandons the one in flight (see :func:`leader_alive`).
     """
 
     directory: Path
@@ -85,6 +90,7 @@ class WorkerContext:
     prepare: PrepareFn = prepare_data
     threads: int | None = None
     heartbeat_s: float = claim.HEARTBEAT_INTERVAL_S
+    leader_pid: int | None = None
 
     def run_dir(self, run_id: str) -> Path:
         """Return the folder of a study run."""
@@ -163,6 +169,53 @@ def execute_cell(config: RunConfig, run_dir: Path, context: WorkerContext) -> Ce
     )
 
 
+def leader_alive(leader_pid: int | None) -> bool:
+    """Tell whether the study command that owns this worker is still running.
+
+    The leader runs cells itself (one job) or is the parent of the joblib
+    worker processes. A worker whose parent died has been re-parented, so
+    comparing the parent id is safe against process id reuse.
+    """
+    if leader_pid is None:
+        return True
+    return leader_pid in (os.getpid(), os.getppid())
+
+
+class _LeaderWatch:
+    """Exit a worker process soon after its leader dies.
+
+    Without it, joblib workers orphaned by a killed study would keep training
+    the cell in flight alongside the workers of a resumed study. Exiting
+    loses only that cell: its claim belongs to a dead process, so the next
+    study releases it at once.
+    """
+
+    def __init__(self, leader_pid: int | None, interval_s: float = 2.0) -> None:
+        self._leader_pid = leader_pid
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="leader-watch", daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            if not leader_alive(self._leader_pid):
+                logger.warning(
+                    "study process %s is gone; worker %d exits", self._leader_pid, os.getpid()
+                )
+                os._exit(1)
+
+    def __enter__(self) -> _LeaderWatch:
+        # The leader itself needs no watch: it is the process that would die.
+        if self._leader_pid is not None and self._leader_pid != os.getpid():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
 def run_next_cell(context: WorkerContext, round_name: str) -> CellOutcome | None:
     """Claim the next waiting cell of a round, run it under a heartbeat, and record the outcome.
 
@@ -173,6 +226,9 @@ def run_next_cell(context: WorkerContext, round_name: str) -> CellOutcome | None
     Returns:
         The outcome, or None when no cell was waiting.
     """
+    if not leader_alive(context.leader_pid):
+        logger.warning("study process %s is gone; not claiming more cells", context.leader_pid)
+        return None
     storage = open_storage(context.storage)
     study_id = storage.get_study_id_from_name(round_name)
     trial = claim.claim_waiting(storage, context.storage, study_id, claim.Owner.current())
@@ -183,7 +239,10 @@ def run_next_cell(context: WorkerContext, round_name: str) -> CellOutcome | None
     run_dir = context.run_dir(config.run_id)
 
     try:
-        with claim.Heartbeat(storage, trial_id, context.heartbeat_s):
+        with (
+            _LeaderWatch(context.leader_pid),
+            claim.Heartbeat(storage, trial_id, context.heartbeat_s),
+        ):
             outcome = execute_cell(config, run_dir, context)
     except BaseException:
         # Interrupted (Ctrl-C, or joblib stopping the pool): free the cell at once.

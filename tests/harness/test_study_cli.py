@@ -419,3 +419,42 @@ def test_fake_matches_train_signature() -> None:
     fake = inspect.signature(test_study_grid.fake_train)
     real = inspect.signature(train_run)
     assert list(fake.parameters) == list(real.parameters)
+
+
+def _process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers signal 0; it is gone for our purposes.
+    status = Path(f"/proc/{pid}/stat")
+    return status.exists() and status.read_text().split()[2] != "Z"
+
+
+def test_killed_parallel_study_leaves_no_workers(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    args = study_args(tmp_path / "out", *SMALL_GRID, "--jobs", "2")
+    runs_folder = tmp_path / "out" / "demo" / "runs"
+
+    # Each fake run takes 60 s, so both workers are mid-run when the leader dies.
+    leader = _start(args, _env(calls, sleep=60.0), tmp_path / "first.log")
+    deadline = time.monotonic() + 90
+    while len(list(calls.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    leader.send_signal(signal.SIGKILL)
+    leader.wait(timeout=60)
+    workers = {int(path.name.split(".")[1]) for path in calls.iterdir()}
+    assert len(workers) == 2
+    assert leader.pid not in workers
+
+    # Orphaned workers notice the dead leader and abandon their runs well before they end.
+    deadline = time.monotonic() + 20
+    while any(_process_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_process_running(pid) for pid in workers)
+    assert _finished_runs(runs_folder) == []
+
+    resumed = _start(args, _env(calls, sleep=0.0), tmp_path / "second.log")
+    assert resumed.wait(timeout=120) == 0
+    assert len(_finished_runs(runs_folder)) == 8
