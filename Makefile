@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/harness study --backbones all --strategies all --preset quick --name demo
+	$(BIN)/harness study --backbones all --strategies all --preset quick --jobs 2 --name demo
 	$(BIN)/harness report results/demo
 
 lint: $(STAMP)

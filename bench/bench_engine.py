@@ -44,7 +44,7 @@ def _measure(args: argparse.Namespace) -> dict[str, float | int | str]:
     from harness.data.load import load_dataset
     from harness.data.split import make_split
     from harness.evaluate import evaluate
-    from harness.train import RunSeeds, Trainer
+    from harness.trainer import RunSeeds, Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)

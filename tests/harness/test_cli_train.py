@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import harness.train as train_module
+import harness.trainer as trainer_module
 from harness import runs
 from harness.cli import app
 from harness.cli.options import TrainingFlags, parse_key_values
@@ -88,13 +88,13 @@ def test_train_end_to_end(tmp_path: Path) -> None:
 
 def test_strategy_option_reaches_strategy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[Any] = []
-    real_build = train_module.build_strategy
+    real_build = trainer_module.build_strategy
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         built.append(real_build(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(train_module, "build_strategy", spy)
+    monkeypatch.setattr(trainer_module, "build_strategy", spy)
     args = [
         "train",
         *TINY,

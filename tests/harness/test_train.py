@@ -28,14 +28,8 @@ from harness.data.types import EvalSet, Ragged, Sequences, Split
 from harness.errors import ConfigError, DataError, HarnessError
 from harness.evaluate import evaluate
 from harness.losses import sampled_softmax_loss
-from harness.train import (
-    RunSeeds,
-    Trainer,
-    popularity_baseline,
-    resolve_device,
-    train_run,
-    validation_set,
-)
+from harness.train import popularity_baseline, train_run, validation_set
+from harness.trainer import RunSeeds, Trainer, resolve_device
 from strategies.argmax import ArgmaxStrategy
 from strategies.base import Selection, StrategyOptions
 
