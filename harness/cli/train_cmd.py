@@ -54,6 +54,7 @@ from harness.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from harness.config import RunConfig
     from harness.train import RunSummary
 
 STUDY_NAME = "train"
@@ -110,22 +111,62 @@ def train(
     threads: ThreadsOption = DEFAULT_TRAIN.threads,
     output: OutputOption = Path("results"),
     no_progress: NoProgressOption = False,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Re-run the run recorded in this config.json (of any run folder). "
+            "Every setting comes from the file; only --output, --device, --threads "
+            "and --no-progress apply.",
+        ),
+    ] = None,
 ) -> None:
     """Train one backbone with one selection strategy and write <output>/train/runs/<run_id>/."""
     from harness.runs import run_dir
     from harness.train import train_run
 
-    flags = TrainingFlags.from_params(ctx.params)
-    config = flags.run_config(
-        backbone=backbone,
-        strategy=strategy,
-        seed=seed,
-        backbone_options=parse_key_values(backbone_option, "--backbone-option"),
-        strategy_options=parse_key_values(strategy_option, "--strategy-option"),
-    )
+    if config_file is not None:
+        config = recorded_config(config_file, device=device, threads=threads)
+    else:
+        flags = TrainingFlags.from_params(ctx.params)
+        config = flags.run_config(
+            backbone=backbone,
+            strategy=strategy,
+            seed=seed,
+            backbone_options=parse_key_values(backbone_option, "--backbone-option"),
+            strategy_options=parse_key_values(strategy_option, "--strategy-option"),
+        )
     directory = run_dir(output, STUDY_NAME, config.run_id)
     summary = train_run(config, directory, progress=not no_progress)
     typer.echo(format_summary(summary))
+
+
+def recorded_config(path: Path, *, device: str, threads: int | None) -> RunConfig:
+    """Read the RunConfig of a run folder's ``config.json``, with this machine's device and threads.
+
+    Device and threads do not change a run's numbers (they are left out of
+    the run id), so a run recorded on another machine reproduces here.
+
+    Raises:
+        ConfigError: The file is missing, is not JSON or holds no run config.
+    """
+    import dataclasses
+    import json
+
+    from harness.config import RunConfig
+    from harness.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}; pass the config.json of a run folder")
+    try:
+        payload = json.loads(path.read_text())
+        recorded = RunConfig.from_dict(payload["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"invalid run config {path}: {exc}; pass the config.json that a run folder holds"
+        ) from None
+    train = dataclasses.replace(recorded.train, device=device, threads=threads)
+    return dataclasses.replace(recorded, train=train)
 
 
 def format_summary(summary: RunSummary) -> str:

@@ -257,3 +257,61 @@ def test_too_short_dataset_cli_error(tmp_path: Path) -> None:
     assert (folder / runs.CONFIG_FILE).exists()
     assert json.loads((folder / runs.ERROR_FILE).read_text())["error"].startswith("DataError: ")
     assert not (folder / runs.METRICS_FILE).exists()
+
+
+TIMING_KEYS = ("train_seconds", "eval_seconds")
+
+
+def test_rerun_from_recorded_config(tmp_path: Path) -> None:
+    first = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            "synthetic",
+            "--strategy",
+            "annealed",
+            "--seed",
+            "3",
+            *TINY,
+            "--output",
+            str(tmp_path / "first"),
+        ],
+    )
+    assert first.exit_code == 0, first.output
+    original = run_folder(tmp_path / "first")
+
+    again = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(original / runs.CONFIG_FILE),
+            "--no-progress",
+            "--output",
+            str(tmp_path / "again"),
+        ],
+    )
+    assert again.exit_code == 0, again.output
+    rerun = run_folder(tmp_path / "again")
+    assert rerun.name == original.name
+
+    def numbers(folder: Path) -> dict[str, Any]:
+        metrics = json.loads((folder / runs.METRICS_FILE).read_text())
+        return {key: value for key, value in metrics.items() if key not in TIMING_KEYS}
+
+    assert numbers(rerun) == numbers(original)
+    assert (rerun / runs.PER_USER_FILE).read_bytes() == (original / runs.PER_USER_FILE).read_bytes()
+
+
+def test_rerun_config_errors(tmp_path: Path) -> None:
+    missing = run_cli("train", "--config", str(tmp_path / "nope.json"), cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "error: config file not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    broken = tmp_path / "config.json"
+    broken.write_text('{"run_id": "x"}')
+    result = run_cli("train", "--config", str(broken), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"error: invalid run config {broken}" in result.stderr
