@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from backbones import build_backbone
 from harness import runs
 from harness.balance import interest_recovery, interest_top_items, selection_entropy
 from harness.config import RunConfig
@@ -49,6 +50,7 @@ from harness.data.types import EvalSet, Sequences, Split
 from harness.errors import DataError, HarnessError
 from harness.evaluate import EvalResult, evaluate
 from harness.trainer import NonFiniteError, RunSeeds, Trainer, TrainWindow, resolve_device
+from strategies import build_strategy
 
 if TYPE_CHECKING:
     import optuna
@@ -214,6 +216,31 @@ def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
+def check_config(config: RunConfig) -> None:
+    """Check the settings that fail only when a run starts: device, backbone and strategy options.
+
+    Building the strategy and a one-item backbone validates every option
+    without loading data, so a misspelt option fails in a second rather than
+    after the data set has loaded.
+
+    Raises:
+        ConfigError: The device is unavailable, or a name or option is invalid.
+    """
+    resolve_device(config.train.device)
+    build_strategy(
+        config.strategy.name, config.strategy.options, total_steps=config.train.max_steps
+    )
+    build_backbone(
+        config.model.backbone,
+        n_items=1,
+        dim=config.model.dim,
+        num_interests=config.model.num_interests,
+        max_len=config.model.max_len,
+        options=config.model.options,
+        seed=config.seed,
+    )
+
+
 def train_run(
     config: RunConfig,
     run_dir: Path,
@@ -252,6 +279,9 @@ def train_run(
             diverged before its first validation). ``error.json`` is written
             for it and for any other exception except a pruned trial.
     """
+    # Reject a bad config before the run folder changes, so that a failed re-run
+    # of a finished run never removes its results.
+    check_config(config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     runs.clear_outcome(run_dir)

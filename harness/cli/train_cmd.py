@@ -120,8 +120,13 @@ def train(
             "and --no-progress apply.",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Train again even if this run already finished in --output."),
+    ] = False,
 ) -> None:
     """Train one backbone with one selection strategy and write <output>/train/runs/<run_id>/."""
+    from harness import runs
     from harness.runs import run_dir
     from harness.train import train_run
 
@@ -137,6 +142,16 @@ def train(
             strategy_options=parse_key_values(strategy_option, "--strategy-option"),
         )
     directory = run_dir(output, STUDY_NAME, config.run_id)
+    if runs.is_finished(directory) and not force:
+        # Runs are deterministic, so training again would only rewrite the same numbers.
+        metrics = runs.read_metrics(directory) or {}
+        lines = [f"run {config.run_id} already finished; pass --force to train it again"]
+        lines.append(_metric_line("valid", metrics.get("valid") or {}))
+        if metrics.get("test"):
+            lines.append(_metric_line("test", metrics["test"]))
+        lines.append(f"files: {directory}")
+        typer.echo("\n".join(lines))
+        return
     summary = train_run(config, directory, progress=not no_progress)
     typer.echo(format_summary(summary))
 

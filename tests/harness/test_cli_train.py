@@ -315,3 +315,43 @@ def test_rerun_config_errors(tmp_path: Path) -> None:
     result = run_cli("train", "--config", str(broken), cwd=tmp_path)
     assert result.returncode == 2
     assert f"error: invalid run config {broken}" in result.stderr
+
+
+def test_finished_run_is_not_retrained(tmp_path: Path) -> None:
+    args = ["train", "--dataset", "synthetic", *TINY, "--output", str(tmp_path)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    folder = run_folder(tmp_path)
+    stamps = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.splitlines()[0] == (
+        f"run {folder.name} already finished; pass --force to train it again"
+    )
+    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == stamps
+
+    forced = CliRunner().invoke(app, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert (folder / runs.METRICS_FILE).stat().st_mtime_ns > stamps[runs.METRICS_FILE]
+
+
+def test_bad_option_fails_before_run_folder(tmp_path: Path) -> None:
+    data = tmp_path / "seqs.txt"
+    data.write_text("".join(f"{user} 1 2 3 4 5\n" for user in range(1, 6)))
+    result = run_cli(
+        "train",
+        "--dataset",
+        str(data),
+        "--strategy",
+        "gumbel",
+        "--strategy-option",
+        "tau=-1",
+        "--output",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: invalid gumbel option tau=-1: must be a finite number > 0"
+    assert "Traceback" not in result.stderr
+    # Rejected before the run folder is made.
+    assert not (tmp_path / "train").exists()

@@ -680,3 +680,18 @@ def test_beauty_beats_popularity(tmp_path: Path) -> None:
         read_metrics(tmp_path / "b")
     )
     assert second.test == first.test
+
+
+def test_bad_rerun_keeps_finished_results(tmp_path: Path, dataset: Sequences, split: Split) -> None:
+    config = small_config()
+    train_run(config, tmp_path, dataset=dataset, split=split, progress=False)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+
+    # Same folder, an invalid strategy option: rejected before anything is removed.
+    bad = dataclasses.replace(config, strategy=StrategyConfig(name="gumbel", options={"tau": -1.0}))
+    with pytest.raises(ConfigError, match="tau"):
+        train_run(bad, tmp_path, dataset=dataset, split=split, progress=False)
+
+    after = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    assert after == before
+    assert runs.is_finished(tmp_path)
