@@ -476,6 +476,23 @@ def _json_problem(path: Path) -> DataError:
     return DataError(f"{path}: cannot parse the file as JSON Lines; check its format")
 
 
+def _check_unique_owners(path: Path, owners: np.ndarray, line_numbers: list[int]) -> None:
+    """Reject a sequence file that gives one user two lines: the order across them is unknown."""
+    _, counts = np.unique(owners, return_counts=True)
+    if (counts == 1).all():
+        return
+    # The first repeated line in file order, to point the user at it.
+    seen: dict[str, int] = {}
+    for owner, number in zip(owners, line_numbers, strict=True):
+        if owner in seen:
+            raise DataError(
+                f"{path}, line {number}: user {owner!r} already has a sequence on line "
+                f"{seen[owner]}; a sequence file holds one line per user, so merge the two "
+                "lines in time order (or use the pairs format, one interaction per line)"
+            )
+        seen[owner] = number
+
+
 def read_sequences(path: Path, columns: ColumnNames) -> RawInteractions:
     """One line per user: a user id followed by that user's items in time order (u i1 i2 ...)."""
     # The line format has no fixed column count, so pandas cannot parse it;
@@ -491,10 +508,11 @@ def read_sequences(path: Path, columns: ColumnNames) -> RawInteractions:
                 "expected a user id followed by at least one item id"
             )
 
+    owners = np.array([tokens[0] for _, tokens in numbered], dtype=object)
+    _check_unique_owners(path, owners, [number for number, _ in numbered])
     counts = np.fromiter(
         (len(tokens) - 1 for _, tokens in numbered), dtype=np.int64, count=len(numbered)
     )
-    owners = np.array([tokens[0] for _, tokens in numbered], dtype=object)
     items = np.fromiter(
         chain.from_iterable(tokens[1:] for _, tokens in numbered),
         dtype=object,

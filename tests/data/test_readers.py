@@ -287,6 +287,14 @@ def test_sequences_line_without_items(tmp_path: Path) -> None:
         read_interactions(path, "sequences")
 
 
+def test_sequences_user_on_two_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, "seq.txt", "1 a b c\n2 d e\n\n1 x y\n")
+    with pytest.raises(
+        DataError, match=r"seq\.txt, line 4: user '1' already has a sequence on line 1"
+    ):
+        read_interactions(path, "sequences")
+
+
 def test_csv_short_line_names_line_and_column(tmp_path: Path) -> None:
     path = write(tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\n1,2,3,4\n1,3\n")
     with pytest.raises(DataError, match=r"ratings\.csv, line 3: missing rating in column 'rating'"):
