@@ -21,7 +21,8 @@ def describe(registry: Mapping[str, object]) -> dict[str, str]:
     descriptions = {}
     for name, entry in registry.items():
         doc = inspect.cleandoc(entry.__doc__ or "")
-        descriptions[name] = doc.splitlines()[0] if doc else ""
+        # Docstrings mark code as ``literal`` for Sphinx; a terminal reads it better bare.
+        descriptions[name] = doc.splitlines()[0].replace("``", "") if doc else ""
     return descriptions
 
 

@@ -176,6 +176,13 @@ def test_describe_reads_own_docstring_only() -> None:
     assert describe({"a": Documented, "b": Undocumented}) == {"a": "First line.", "b": ""}
 
 
+def test_describe_drops_literal_markup() -> None:
+    class Marked:
+        """Select ``argmax_k m_k . e`` deterministically."""
+
+    assert describe({"m": Marked}) == {"m": "Select argmax_k m_k . e deterministically."}
+
+
 def test_list_json() -> None:
     backbones = pytest.importorskip("backbones")
     strategies = pytest.importorskip("strategies")
