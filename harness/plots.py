@@ -22,8 +22,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from harness.report.collect import StudyResults, load_per_user  # noqa: E402
+from harness.report.text import count_noun  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +186,7 @@ def interest_heatmaps(
             )
             ax.set_title(label, fontsize=9)
             ax.set_xlabel("interest (by mean share)")
-            ax.set_ylabel(f"{len(users)} users")
+            ax.set_ylabel(count_noun(len(users), "user"))
         for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
         mappable = plt.cm.ScalarMappable(norm=plt.Normalize(0.0, 1.0), cmap="viridis")
@@ -195,7 +197,7 @@ def interest_heatmaps(
                 fig,
                 folder,
                 f"heatmap_{_slug(dataset)}",
-                f"Interest-share heat-maps on {dataset}: rows are {len(users)} sampled test users, columns the "
+                f"Interest-share heat-maps on {dataset}: rows are {count_noun(len(users), 'sampled test user')}, columns the "
                 "interests sorted by mean share, colour the share of the user's top-K list from that interest.",
             )
         )
@@ -299,12 +301,27 @@ def seed_plot(results: StudyResults, folder: Path, metric: str, order: list[str]
     ]
 
 
-def learning_curves(results: StudyResults, folder: Path, order: list[str]) -> list[Figure]:
-    """Draw validation Recall@20 and training selection entropy over steps, one line per method.
+def _strategy_palette(names: list[str]) -> dict[str, tuple[float, float, float]]:
+    """Give each strategy (or strategy and ablation variant) its own colour, in the given order."""
+    palette = sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))
+    return dict(zip(names, palette, strict=True))
 
-    Seeds are aggregated into the mean line with a band of one standard
-    deviation. A step that only some seeds reach (early stopping) shows the
-    mean of those seeds.
+
+def learning_curves(results: StudyResults, folder: Path, order: list[str]) -> list[Figure]:
+    """Draw validation Recall@20 and training selection entropy over steps.
+
+    There is one column of panels per backbone and one row per data set and
+    quantity. Within a panel each strategy (with its ablation variant, if
+    any) is one line, in the same colour on every backbone. Seeds are
+    aggregated into the mean line with a band of one standard deviation. A
+    step that only some seeds reach (early stopping) shows the mean of those
+    seeds.
+
+    Args:
+        results: The study's finished runs.
+        folder: Output folder.
+        order: Method labels in table order; it sets the order of the
+            backbone columns and of the strategies in the legend.
     """
     frames = []
     for run in results.runs.itertuples(index=False):
@@ -329,33 +346,76 @@ def learning_curves(results: StudyResults, folder: Path, order: list[str]) -> li
         long = curve.melt(
             id_vars="step", value_vars=present, var_name="quantity", value_name="value"
         )
-        frames.append(long.assign(dataset=run.dataset, method=run.label, seed=run.seed))
+        strategy = f"{run.strategy} ({run.variant})" if run.variant else run.strategy
+        frames.append(
+            long.assign(
+                dataset=run.dataset,
+                backbone=run.backbone,
+                strategy=strategy,
+                method=run.label,
+                seed=run.seed,
+            )
+        )
     if not frames:
         logger.info("no curve.csv files; no learning curves")
         return []
     data = pd.concat(frames, ignore_index=True)
-    grid = sns.relplot(
-        data=data,
-        x="step",
-        y="value",
-        hue="method",
-        hue_order=[m for m in order if m in set(data["method"])],
-        row="quantity",
-        col="dataset",
-        kind="line",
-        errorbar="sd",
-        height=3.0,
-        aspect=1.5,
-        facet_kws={"sharey": "row", "sharex": False},
+
+    # Backbones and strategies in the order of the table columns.
+    ordered = [m for m in order if m in set(data["method"])]
+    ordered += sorted(set(data["method"]) - set(ordered))
+    firsts = data.drop_duplicates("method").set_index("method").loc[ordered]
+    backbones = list(dict.fromkeys(firsts["backbone"]))
+    strategies = list(dict.fromkeys(firsts["strategy"]))
+    palette = _strategy_palette(strategies)
+    panel_rows = [
+        (dataset, quantity)
+        for dataset in results.datasets
+        for quantity in CURVE_COLUMNS
+        if ((data["dataset"] == dataset) & (data["quantity"] == quantity)).any()
+    ]
+
+    fig, axes = plt.subplots(
+        len(panel_rows),
+        len(backbones),
+        figsize=(3.6 * len(backbones) + 1.8, 2.8 * len(panel_rows)),
+        squeeze=False,
+        sharey="row",
+        layout="constrained",
     )
-    grid.set_titles("{col_name}: {row_name}")
+    for i, (dataset, quantity) in enumerate(panel_rows):
+        for j, backbone in enumerate(backbones):
+            ax = axes[i, j]
+            mine = data[
+                (data["dataset"] == dataset)
+                & (data["quantity"] == quantity)
+                & (data["backbone"] == backbone)
+            ]
+            if not mine.empty:
+                sns.lineplot(
+                    data=mine,
+                    x="step",
+                    y="value",
+                    hue="strategy",
+                    hue_order=[s for s in strategies if s in set(mine["strategy"])],
+                    palette=palette,
+                    errorbar="sd",
+                    ax=ax,
+                    legend=False,
+                )
+            ax.set_title(f"{dataset}, {backbone}", fontsize=9)
+            ax.set_xlabel("step" if i == len(panel_rows) - 1 else "")
+            ax.set_ylabel(quantity if j == 0 else "")
+    handles = [Line2D([], [], color=palette[name], label=name) for name in strategies]
+    fig.legend(handles=handles, title="strategy", loc="outside right upper", fontsize=8)
     return [
         _save(
-            grid.figure,
+            fig,
             folder,
             "learning_curves",
-            "Learning curves: validation Recall@20 and training selection entropy over steps, one line per "
-            "method (mean over seeds, band = one standard deviation).",
+            "Learning curves: validation Recall@20 and training selection entropy over steps, one column "
+            "per backbone and one line per strategy in the same colour on every backbone (mean over "
+            "seeds, band = one standard deviation).",
         )
     ]
 

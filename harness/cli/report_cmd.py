@@ -17,8 +17,10 @@ def report(
     study_dir: Path = typer.Argument(
         ..., help="Study folder written by `harness study` (contains runs/)."
     ),
-    reference: str = typer.Option(
-        "argmax", help="Strategy each method is compared with on its backbone."
+    reference: str | None = typer.Option(
+        None,
+        help="Strategy each method is compared with on its backbone. "
+        "Default: argmax when the study has argmax runs, else no significance marks.",
     ),
     metric: str = typer.Option(
         "ndcg@10,ndcg@20,recall@10,recall@20", help="Comma-separated test metrics for the tables."
@@ -53,6 +55,7 @@ def report(
 ) -> None:
     """Build tables, significance tests and figures from a study's run files (no training)."""
     from harness.report import ReportOptions, build_report
+    from harness.report.text import count_noun
 
     options = ReportOptions(
         reference=reference,
@@ -77,7 +80,8 @@ def report(
     missing = len(result.results.missing)
     print(f"report written to {target / 'index.md'}")
     if missing:
-        print(f"{missing} cells have no finished run; see {target / 'index.md'}")
+        verb = "has" if missing == 1 else "have"
+        print(f"{count_noun(missing, 'cell')} {verb} no finished run; see {target / 'index.md'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -20,7 +20,7 @@ from harness.config import check_choice
 from harness.errors import ConfigError, unknown_choice
 from harness.report import render
 from harness.report.collect import MISSING_COLUMNS, StudyResults, load_study
-from harness.report.compare import compare_methods
+from harness.report.compare import COMPARISON_COLUMNS, compare_methods
 from harness.report.tables import (
     Table,
     ablation_table,
@@ -31,6 +31,7 @@ from harness.report.tables import (
     seed_table,
     tuning_table,
 )
+from harness.report.text import count_noun
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ LevelName = Literal["per-user", "per-seed"]
 SpreadName = Literal["std", "ci"]
 FormatName = Literal["latex", "markdown", "csv"]
 DEFAULT_METRICS = ("ndcg@10", "ndcg@20", "recall@10", "recall@20")
+DEFAULT_REFERENCE = "argmax"
 _SUFFIX = {"latex": "tex", "markdown": "md", "csv": "csv"}
 
 
@@ -48,6 +50,8 @@ class ReportOptions:
 
     Attributes:
         reference: Strategy every method is compared with on its backbone.
+            ``None`` (the default) picks argmax when the study has argmax
+            runs; otherwise the report has no significance marks.
         metrics: Test metrics in the main, seed and ablation tables; the first
             one is the metric of the per-seed figure.
         alpha: Significance level of the marks, after Holm's correction.
@@ -64,7 +68,7 @@ class ReportOptions:
         heatmap_users: Users per interest-share heat-map.
     """
 
-    reference: str = "argmax"
+    reference: str | None = None
     metrics: tuple[str, ...] = DEFAULT_METRICS
     alpha: float = 0.05
     test: TestName = "t"
@@ -107,6 +111,8 @@ class Report:
     Attributes:
         results: The study's finished runs and missing cells.
         options: The options the report was made with.
+        reference: The strategy the comparisons use: ``options.reference``,
+            or its default; ``None`` when the report has no significance marks.
         tables: Tables in output order (main first).
         comparisons: Every significance comparison (the rows of ``stats.csv``).
         notes: Sentences for ``index.md`` about what was left out.
@@ -114,6 +120,7 @@ class Report:
 
     results: StudyResults
     options: ReportOptions
+    reference: str | None
     tables: tuple[Table, ...]
     comparisons: pd.DataFrame
     notes: tuple[str, ...]
@@ -126,45 +133,117 @@ class Report:
         raise KeyError(name)
 
 
+def _choose_reference(results: StudyResults, requested: str | None) -> tuple[str | None, str]:
+    """Pick the reference strategy of a report.
+
+    Args:
+        results: The study's finished runs.
+        requested: The reference the user passed, or ``None`` for the default.
+
+    Returns:
+        A pair: the reference, and a note for ``index.md`` that is empty when
+        the default applies. The reference is ``None`` when the user passed
+        none and the study has no runs of the default.
+
+    Raises:
+        ConfigError: If the user passed a strategy that has no runs in the study.
+    """
+    present = ", ".join(results.strategies)
+    if requested is not None:
+        if requested not in results.strategies:
+            raise ConfigError(
+                f"this study has no runs of strategy {requested!r}; "
+                f"pass --reference with one of: {present}"
+            )
+        return requested, ""
+    if DEFAULT_REFERENCE in results.strategies:
+        return DEFAULT_REFERENCE, ""
+
+    if results.ablation is not None:
+        # An ablation compares the values of its factor, which the ablation
+        # table and figure show, so a missing reference is no loss here.
+        logger.info(
+            "the ablation study %s has no %s runs, so the main table has no significance marks",
+            results.study_dir,
+            DEFAULT_REFERENCE,
+        )
+        return None, (
+            f"The study has no {DEFAULT_REFERENCE} runs, the default reference, so the main "
+            "table has no significance marks. The ablation table and figure compare the "
+            f"values of {results.ablation.factor}."
+        )
+    logger.warning(
+        "%s has no %s runs, the default reference, so the report has no significance marks. "
+        "To add them, pass --reference with one of: %s",
+        results.study_dir,
+        DEFAULT_REFERENCE,
+        present,
+    )
+    return None, (
+        f"The study has no {DEFAULT_REFERENCE} runs, the default reference, so the tables have "
+        f"no significance marks. To compare every method with another strategy on its backbone, "
+        f"run `harness report` again with --reference and one of: {present}."
+    )
+
+
+def _untested_note(results: StudyResults, comparisons: pd.DataFrame, reference: str) -> str:
+    """Name the methods that have no reference run to be compared with, or return ``""``."""
+    runs = results.runs
+    reference_labels = set(runs.loc[runs["strategy"] == reference, "label"])
+    untested = [
+        label
+        for _, label in method_order(results)
+        if label not in set(comparisons["method"]) and label not in reference_labels
+    ]
+    if not untested:
+        return ""
+    return (
+        f"No {reference} run on the same backbone, so no significance test for: "
+        + ", ".join(untested)
+        + "."
+    )
+
+
 def make_report(results: StudyResults, options: ReportOptions) -> Report:
     """Compute every table and comparison of a report.
 
     Raises:
-        ConfigError: If the reference strategy or a metric is not in the study;
-            the message lists those that are.
+        ConfigError: If the reference strategy the user passed or a metric is
+            not in the study; the message lists those that are.
     """
-    if options.reference not in results.strategies:
-        raise unknown_choice("reference strategy", options.reference, results.strategies)
+    reference, reference_note = _choose_reference(results, options.reference)
     for metric in options.metrics:
         if metric not in results.metrics:
             raise unknown_choice("metric", metric, results.metrics)
     metrics = list(options.metrics)
 
-    comparisons = compare_methods(
-        results,
-        metrics,
-        options.reference,
-        seed=options.seed,
-        n_permutations=options.permutations,
-        confidence=options.confidence,
-    )
-    notes: list[str] = []
-    without_reference = sorted(
-        set(results.runs["label"]) - set(comparisons["method"]) - set(comparisons["reference"])
-    )
-    if without_reference:
-        notes.append(
-            f"No {options.reference} run on the same backbone, so no significance test for: "
-            + ", ".join(without_reference)
-            + "."
+    notes: list[str] = [reference_note] if reference_note else []
+    if reference is None:
+        comparisons = pd.DataFrame(columns=list(COMPARISON_COLUMNS))
+    else:
+        comparisons = compare_methods(
+            results,
+            metrics,
+            reference,
+            seed=options.seed,
+            n_permutations=options.permutations,
+            confidence=options.confidence,
         )
+        if comparisons.empty:
+            # In an ablation of one strategy nothing else is on the backbone,
+            # so an empty comparison is expected there.
+            level = logging.INFO if results.ablation is not None else logging.WARNING
+            logger.log(level, "no method has a %r run on its backbone to compare with", reference)
+        untested = _untested_note(results, comparisons, reference)
+        if untested:
+            notes.append(untested)
 
     tables: list[Table] = [
         main_table(
             results,
             comparisons,
             metrics=metrics,
-            reference=options.reference,
+            reference=reference,
             alpha=options.alpha,
             test=options.test,
             level=options.level,
@@ -174,16 +253,14 @@ def make_report(results: StudyResults, options: ReportOptions) -> Report:
         )
     ]
     optional = {
-        "balance": balance_table(results, reference=options.reference),
+        "balance": balance_table(results),
         "datasets": dataset_table(results),
         "tuning": tuning_table(results),
         "ablation": ablation_table(
             results, metrics=metrics, digits=options.digits, confidence=options.confidence
         ),
     }
-    tables.append(
-        seed_table(results, metrics=metrics, reference=options.reference, digits=options.digits)
-    )
+    tables.append(seed_table(results, metrics=metrics, digits=options.digits))
     for name, table in optional.items():
         if table is not None:
             tables.append(table)
@@ -196,6 +273,7 @@ def make_report(results: StudyResults, options: ReportOptions) -> Report:
     return Report(
         results=results,
         options=options,
+        reference=reference,
         tables=tuple(tables),
         comparisons=comparisons,
         notes=tuple(notes),
@@ -211,7 +289,7 @@ def _write(path: Path, text: str) -> Path:
 def _draw_figures(report: Report, folder: Path) -> list[plots.Figure]:
     results = report.results
     options = report.options
-    order = [label for _, label in method_order(results, options.reference)]
+    order = [label for _, label in method_order(results)]
     figures: list[plots.Figure] = []
     figures += plots.interest_heatmaps(
         results, folder, order, n_users=options.heatmap_users, seed=options.seed
@@ -251,14 +329,25 @@ def _index(
         relative = path.relative_to(output).as_posix()
         return f"[{path.suffix.lstrip('.')}]({relative})"
 
-    n_runs = len(results.runs)
+    counts = ", ".join(
+        [
+            count_noun(len(results.datasets), "data set"),
+            count_noun(results.runs["label"].nunique(), "method"),
+            count_noun(results.runs["seed"].nunique(), "seed"),
+        ]
+    )
+    if report.reference is None:
+        marks = "Reference strategy: none, so there are no significance marks (see Notes)."
+    else:
+        marks = (
+            f"Reference strategy: {report.reference}; marks: {options.test} test on "
+            f"{options.level} values, Holm-corrected, alpha = {options.alpha:g}."
+        )
     lines = [
         f"# Report: {results.study_dir.name}",
         "",
-        f"Built from {n_runs} finished runs in `{results.study_dir}` "
-        f"({len(results.datasets)} data sets, {results.runs['label'].nunique()} methods, "
-        f"{results.runs['seed'].nunique()} seeds). Reference strategy: {options.reference}; "
-        f"marks: {options.test} test on {options.level} values, Holm-corrected, alpha = {options.alpha:g}.",
+        f"Built from {count_noun(len(results.runs), 'finished run')} in `{results.study_dir}` "
+        f"({counts}). {marks}",
         "",
         "## Tables",
         "",
@@ -271,6 +360,11 @@ def _index(
         if path.name == "tables.tex":
             lines.append(
                 f"- [tables.tex]({path.relative_to(output).as_posix()}): every LaTeX table in one document that compiles with pdflatex."
+            )
+        elif path.name == "stats.csv" and report.comparisons.empty:
+            lines.append(
+                f"- [stats.csv]({path.relative_to(output).as_posix()}): only a header, because no "
+                "method was compared with a reference."
             )
         elif path.name == "stats.csv":
             lines.append(
@@ -300,8 +394,10 @@ def _index(
     if missing.empty:
         lines.append("None: every expected (data set, method, seed) cell has a finished run.")
     else:
+        verb = "has" if len(missing) == 1 else "have"
         lines.append(
-            f"{len(missing)} cells have no finished run; comparisons and tables use the runs that exist."
+            f"{count_noun(len(missing), 'cell')} {verb} no finished run; "
+            "comparisons and tables use the runs that exist."
         )
         lines += [
             "",

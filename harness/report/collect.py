@@ -23,6 +23,7 @@ import pandas as pd
 
 from harness.config import DataConfig
 from harness.errors import DataError
+from harness.report.text import count_noun
 
 logger = logging.getLogger(__name__)
 
@@ -98,15 +99,25 @@ class StudyResults:
     @property
     def datasets(self) -> tuple[str, ...]:
         """Data set names with at least one finished run: study.json's order, then the rest sorted."""
-        present = set(self.runs["dataset"])
         declared = [_spec_dataset_name(entry) for entry in _spec_list(self.spec, "datasets")]
-        ordered = [name for name in dict.fromkeys(declared) if name in present]
-        return tuple(ordered + sorted(present - set(ordered)))
+        return _declared_first(declared, self.runs["dataset"])
+
+    @property
+    def backbones(self) -> tuple[str, ...]:
+        """Backbone names with at least one finished run: study.json's order, then the rest sorted."""
+        return _declared_first(_spec_list(self.spec, "backbones"), self.runs["backbone"])
 
     @property
     def strategies(self) -> tuple[str, ...]:
-        """Strategy names with at least one finished run, sorted."""
-        return tuple(sorted(pd.unique(self.runs["strategy"])))
+        """Strategy names with at least one finished run: study.json's order, then the rest sorted."""
+        return _declared_first(_spec_list(self.spec, "strategies"), self.runs["strategy"])
+
+
+def _declared_first(declared: list[Any], found: pd.Series) -> tuple[str, ...]:
+    """Order the names in ``found``: those in ``declared`` in its order, then the others sorted."""
+    present = set(found)
+    ordered = [name for name in dict.fromkeys(declared) if name in present]
+    return tuple(ordered + sorted(present - set(ordered)))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -486,8 +497,12 @@ def load_study(study_dir: Path) -> StudyResults:
     metrics = tuple(sorted(c for c in runs.columns if "@" in c and runs[c].notna().any()))
     missing = _missing_cells(_expected_cells(spec, runs, others, ablation), runs, others)
     if not missing.empty:
+        verb = "has" if len(missing) == 1 else "have"
         logger.warning(
-            "%d cells of %s have no finished run; the report lists them", len(missing), study_dir
+            "%s of %s %s no finished run; the report lists them",
+            count_noun(len(missing), "cell"),
+            study_dir,
+            verb,
         )
     return StudyResults(
         study_dir=study_dir,

@@ -147,22 +147,31 @@ def _spread(
     return float(values.mean()), std, low, high
 
 
-def method_order(results: StudyResults, reference: str) -> list[tuple[str, str]]:
-    """Order table columns: backbones in first-seen order, the reference first within each.
+def method_order(results: StudyResults) -> list[tuple[str, str]]:
+    """Order table columns as ``harness study`` lists its cells.
+
+    Backbones and, within each, strategies follow study.json's order (names
+    it does not list come after, sorted). Within a strategy, runs without
+    the ablation factor come first, then the variants in the order of the
+    ablation's declared values, then any other variants sorted.
 
     Returns:
         ``(backbone, label)`` pairs.
     """
-    runs = results.runs
-    order: list[tuple[str, str]] = []
-    for backbone in pd.unique(runs["backbone"]):
-        mine = runs[runs["backbone"] == backbone].drop_duplicates("label")
-        is_ref = (mine["strategy"] != reference).to_numpy()
-        ordered = mine.assign(_ref=is_ref).sort_values(
-            ["_ref", "strategy", "variant"], kind="stable"
-        )
-        order.extend((backbone, label) for label in ordered["label"])
-    return order
+    runs = results.runs.drop_duplicates("label")
+    backbone_rank = {name: i for i, name in enumerate(results.backbones)}
+    strategy_rank = {name: i for i, name in enumerate(results.strategies)}
+    variant_rank = {"": -1}
+    if results.ablation is not None:
+        short = results.ablation.short_name
+        for value in results.ablation.values:
+            variant_rank.setdefault(f"{short}={format_factor_value(value)}", len(variant_rank))
+    ordered = runs.assign(
+        _backbone=runs["backbone"].map(backbone_rank),
+        _strategy=runs["strategy"].map(strategy_rank),
+        _variant=runs["variant"].map(lambda v: variant_rank.get(v, len(variant_rank))),
+    ).sort_values(["_backbone", "_strategy", "_variant", "variant"], kind="stable")
+    return list(zip(ordered["backbone"], ordered["label"], strict=True))
 
 
 def main_table(
@@ -170,7 +179,7 @@ def main_table(
     comparisons: pd.DataFrame,
     *,
     metrics: list[str],
-    reference: str,
+    reference: str | None,
     alpha: float,
     test: str,
     level: str,
@@ -184,14 +193,15 @@ def main_table(
     A cell is the mean over seeds with its standard deviation (or CI
     half-width). Per row the best mean is bold and the second underlined. A
     mark sits where the difference to the reference strategy on the same
-    backbone is significant at ``alpha`` after Holm's correction. The last
-    column is the relative improvement of the best mean over the second best.
+    backbone is significant at ``alpha`` after Holm's correction. A table
+    without a reference has no marks. The last column is the relative
+    improvement of the best mean over the second best.
 
     Args:
         results: The study's finished runs.
         comparisons: Output of :func:`harness.report.compare.compare_methods`.
         metrics: Metrics, one row each per data set.
-        reference: Reference strategy.
+        reference: Reference strategy, or ``None`` for a table without marks.
         alpha: Significance level.
         test: ``"t"``, ``"wilcoxon"`` or ``"randomization"``: whose adjusted p-value marks cells.
         level: ``"per-user"`` or ``"per-seed"``: the pairing of that test.
@@ -202,7 +212,7 @@ def main_table(
     Returns:
         The table; its data has one row per (data set, metric, method).
     """
-    order = method_order(results, reference)
+    order = method_order(results)
     labels = [label for _, label in order]
     runs = results.runs
     chosen = comparisons[comparisons["level"] == level].set_index(["dataset", "metric", "method"])
@@ -297,18 +307,29 @@ def main_table(
         if spread == "std"
         else f"half-width of the {confidence:.0%} CI"
     )
+    if reference is None:
+        marks_note = "No significance marks: the report has no reference strategy."
+        title = "Test accuracy per data set and metric"
+        marks_description = "no significance marks"
+    else:
+        marks_note = (
+            f"† (‡): significantly better (worse) than {reference} on the same backbone, "
+            f"{test_name[test]} on {level} values, Holm-corrected over all marked comparisons, "
+            f"alpha = {alpha:g}."
+        )
+        title = f"Test accuracy per data set and metric (reference: {reference})"
+        marks_description = f"significance marks against {reference}"
     notes = (
         f"Mean over seeds ± {spread_name}. Bold: best in the row; underlined: second best.",
-        f"† (‡): significantly better (worse) than {reference} on the same backbone, "
-        f"{test_name[test]} on {level} values, Holm-corrected over all marked comparisons, alpha = {alpha:g}.",
+        marks_note,
         "Improv.: relative improvement of the best mean over the second best.",
     )
     return Table(
         name="main",
-        title=f"Test accuracy per data set and metric (reference: {reference})",
+        title=title,
         description=(
             "Main accuracy table: mean over seeds per data set, metric and method, best bold, "
-            f"second underlined, significance marks against {reference}."
+            f"second underlined, {marks_description}."
         ),
         stub=("Dataset", "Metric"),
         columns=(*columns, "Improv."),
@@ -320,7 +341,7 @@ def main_table(
     )
 
 
-def balance_table(results: StudyResults, *, reference: str, digits: int = 3) -> Table | None:
+def balance_table(results: StudyResults, *, digits: int = 3) -> Table | None:
     """Build the interest-balance table: per data set and method, mean ± std over seeds.
 
     Columns follow :data:`BALANCE_KEYS` from ``metrics.json`` ``balance``.
@@ -333,7 +354,7 @@ def balance_table(results: StudyResults, *, reference: str, digits: int = 3) -> 
     if not keys:
         logger.info("no run records balance metrics; the balance table is left out")
         return None
-    order = method_order(results, reference)
+    order = method_order(results)
     rows: list[Row] = []
     records: list[dict[str, object]] = []
     for dataset in results.datasets:
@@ -385,9 +406,7 @@ def balance_table(results: StudyResults, *, reference: str, digits: int = 3) -> 
     )
 
 
-def seed_table(
-    results: StudyResults, *, metrics: list[str], reference: str, digits: int = 4
-) -> Table:
+def seed_table(results: StudyResults, *, metrics: list[str], digits: int = 4) -> Table:
     """Build the seed-robustness table: spread over seeds and how often each method wins a seed.
 
     For every (data set, metric, seed) the method with the largest test
@@ -398,7 +417,7 @@ def seed_table(
         The table; rows are data set x metric x method.
     """
     runs = results.runs
-    order = [label for _, label in method_order(results, reference)]
+    order = [label for _, label in method_order(results)]
     rows: list[Row] = []
     records: list[dict[str, object]] = []
     for dataset in results.datasets:
@@ -558,12 +577,15 @@ def ablation_table(
     declared = [v for v in ablation.values if any(_same_value(v, f) for f in found)]
     values = declared + [f for f in found if not any(_same_value(f, d) for d in declared)]
 
+    label_methods = dict(zip(results.runs["label"], results.runs["method"], strict=True))
+    method_names = list(dict.fromkeys(label_methods[label] for _, label in method_order(results)))
     rows: list[Row] = []
     records: list[dict[str, object]] = []
     for dataset in results.datasets:
         in_dataset = runs[runs["dataset"] == dataset]
+        present = set(in_dataset["method"])
         for i, metric in enumerate(metrics):
-            for j, method in enumerate(pd.unique(in_dataset["method"])):
+            for j, method in enumerate(m for m in method_names if m in present):
                 mine = in_dataset[in_dataset["method"] == method]
                 summary = []
                 counts = []

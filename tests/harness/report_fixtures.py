@@ -235,17 +235,25 @@ def write_study(
     seeds: tuple[int, ...] = (0, 1, 2),
     skip: frozenset[tuple[str, str, int]] = frozenset(),
     dataset_stats: bool = True,
+    backbones: tuple[str, ...] | None = None,
+    strategies: tuple[str, ...] | None = None,
 ) -> Path:
-    """Write a grid study folder with every (data set, method, seed) run but those in ``skip``."""
+    """Write a grid study folder with every (data set, method, seed) run but those in ``skip``.
+
+    ``backbones`` and ``strategies`` set the order study.json lists them in;
+    by default each is the sorted set of those in ``methods``.
+    """
     root.mkdir(parents=True, exist_ok=True)
-    backbones = sorted({m.split("+")[0] for m in methods})
-    strategies = sorted({m.split("+")[1] for m in methods})
+    if backbones is None:
+        backbones = tuple(sorted({m.split("+")[0] for m in methods}))
+    if strategies is None:
+        strategies = tuple(sorted({m.split("+")[1] for m in methods}))
     spec = {
         "name": root.name,
         "mode": "grid",
         "datasets": [f"data/{d}.txt" for d in datasets],
-        "backbones": backbones,
-        "strategies": strategies,
+        "backbones": list(backbones),
+        "strategies": list(strategies),
         "seeds": list(seeds),
     }
     (root / "study.json").write_text(json.dumps(spec))
@@ -274,30 +282,41 @@ def tau_effect(tau: float) -> float:
 
 
 def write_ablation_study(
-    root: Path, *, taus: tuple[float, ...] = (0.1, 0.5, 1.0), seeds: tuple[int, ...] = (0, 1, 2)
+    root: Path,
+    *,
+    taus: tuple[float, ...] = (0.1, 0.5, 1.0),
+    seeds: tuple[int, ...] = (0, 1, 2),
+    strategy: str = "annealed",
+    with_argmax: bool = True,
 ) -> Path:
-    """Write a ``strategy.tau`` ablation: comirec-sa+annealed at each tau, and the argmax reference."""
+    """Write a ``strategy.tau`` ablation: comirec-sa+``strategy`` at each tau.
+
+    With ``with_argmax`` the study also has comirec-sa+argmax runs without a
+    tau, as the reference. Without it the study has one backbone and one
+    strategy, like the folders that `harness ablation` writes.
+    """
     root.mkdir(parents=True, exist_ok=True)
     spec = {
         "name": root.name,
-        "mode": "ablation",
+        "mode": "grid",
         "datasets": ["data/toy.txt"],
         "backbones": ["comirec-sa"],
-        "strategies": ["argmax", "annealed"],
+        "strategies": ["argmax", strategy] if with_argmax else [strategy],
         "seeds": list(seeds),
         "ablation": {"factor": "strategy.tau", "values": list(taus)},
     }
     (root / "study.json").write_text(json.dumps(spec))
     runs_dir = root / "runs"
     for seed in seeds:
-        write_run(runs_dir, dataset="toy", backbone="comirec-sa", strategy="argmax", seed=seed)
+        if with_argmax:
+            write_run(runs_dir, dataset="toy", backbone="comirec-sa", strategy="argmax", seed=seed)
         for tau in taus:
-            values = user_values("toy", f"annealed{tau}", seed) + tau_effect(tau)
+            values = user_values("toy", f"{strategy}{tau}", seed) + tau_effect(tau)
             write_run(
                 runs_dir,
                 dataset="toy",
                 backbone="comirec-sa",
-                strategy="annealed",
+                strategy=strategy,
                 seed=seed,
                 options={"tau": tau},
                 values=values,

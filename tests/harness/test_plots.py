@@ -29,7 +29,7 @@ def results(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _order(results) -> list[str]:
-    return [label for _, label in method_order(results, "argmax")]
+    return [label for _, label in method_order(results)]
 
 
 def _check_files(figure: plots.Figure) -> None:
@@ -90,6 +90,38 @@ def test_entropy_seed_and_curve_figures(results, tmp_path):
     assert [f.stem for f in figures] == ["entropy_by_method", "seeds_recall_20", "learning_curves"]
     for figure in figures:
         _check_files(figure)
+
+
+def test_learning_curves_panel_per_backbone(results, tmp_path, monkeypatch):
+    drawn: dict[str, object] = {}
+    save = plots._save
+
+    def keep_figure(fig, folder, stem, description):
+        drawn[stem] = fig
+        return save(fig, folder, stem, description)
+
+    monkeypatch.setattr(plots, "_save", keep_figure)
+    figures = plots.learning_curves(results, tmp_path, _order(results))
+    _check_files(figures[0])
+    fig = drawn["learning_curves"]
+
+    # Rows: (data set, quantity); columns: backbones in table order.
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [
+        f"{d}, {b}" for d in ("toy", "beta") for _ in range(2) for b in ("comirec-sa", "mind")
+    ]
+    legend = fig.legends[0]
+    assert [text.get_text() for text in legend.get_texts()] == ["argmax", "bam"]
+    colours = [handle.get_color() for handle in legend.legend_handles]
+    assert colours[0] != colours[1]
+    # Each strategy has the same colour on every backbone.
+    for ax in fig.axes:
+        assert [line.get_color() for line in ax.get_lines()] == colours
+
+
+def test_heatmap_text_for_one_user(results, tmp_path):
+    figures = plots.interest_heatmaps(results, tmp_path, _order(results), n_users=1, seed=0)
+    assert "rows are 1 sampled test user," in figures[0].description
 
 
 def test_learning_curves_skip_missing_files(tmp_path):

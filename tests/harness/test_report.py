@@ -489,7 +489,11 @@ def test_no_finished_runs(tmp_path):
 
 
 def test_unknown_reference_lists_strategies(study):
-    with pytest.raises(ConfigError, match="valid choices: argmax, bam, uniform"):
+    expected = (
+        "this study has no runs of strategy 'gumbel'; "
+        "pass --reference with one of: argmax, bam, uniform"
+    )
+    with pytest.raises(ConfigError, match=re.escape(expected)):
         make_report(load_study(study), ReportOptions(reference="gumbel", **FAST))
 
 
@@ -566,3 +570,168 @@ def test_tuning_table_unreadable_file_skipped(tmp_path, caplog):
         result = make_report(load_study(root), ReportOptions(**FAST))
     assert "tuning" not in [t.name for t in result.tables]
     assert "best_params.json" in caplog.text
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_default_reference_absent_gives_unmarked_report(tmp_path, caplog):
+    # A tune study over `--strategies bam,annealed` has no argmax runs.
+    root = write_study(
+        tmp_path / "tune",
+        datasets=("toy",),
+        methods=("comirec-sa+bam", "comirec-sa+annealed"),
+        seeds=(0, 1),
+        strategies=("bam", "annealed"),
+    )
+    with caplog.at_level(logging.INFO, logger="harness.report"):
+        result = make_report(load_study(root), ReportOptions(**FAST))
+    assert result.reference is None
+    assert result.comparisons.empty
+    main = result.table("main")
+    assert all(cell.mark == "" for row in main.rows for cell in row.cells)
+    assert "No significance marks" in " ".join(main.notes)
+    assert "reference:" not in main.title
+    assert any("no argmax runs" in note and "bam, annealed" in note for note in result.notes)
+    assert any("no significance marks" in message for message in _warnings(caplog))
+
+    index = write_report(result, tmp_path / "out").read_text()
+    assert "Reference strategy: none" in index
+    assert "--reference and one of: bam, annealed" in index
+    assert "stats.csv](stats.csv): only a header" in index
+
+
+def test_explicit_reference_in_study_without_argmax(tmp_path):
+    root = write_study(
+        tmp_path / "tune",
+        datasets=("toy",),
+        methods=("comirec-sa+bam", "comirec-sa+uniform"),
+        seeds=(0, 1),
+        strategies=("bam", "uniform"),
+    )
+    results = load_study(root)
+    result = make_report(results, ReportOptions(reference="bam", **FAST))
+    assert result.reference == "bam"
+    assert set(result.comparisons["method"]) == {"comirec-sa+uniform"}
+    with pytest.raises(ConfigError, match=re.escape("pass --reference with one of: bam, uniform")):
+        make_report(results, ReportOptions(reference="argmax", **FAST))
+
+
+def test_ablation_without_argmax_has_no_warning(tmp_path, caplog):
+    # `harness ablation` varies one setting of one backbone and one strategy.
+    root = write_ablation_study(tmp_path / "abl", with_argmax=False)
+    with caplog.at_level(logging.INFO, logger="harness.report"):
+        result = make_report(
+            load_study(root), ReportOptions(metrics=("recall@20",), permutations=100)
+        )
+        write_report(result, tmp_path / "out")
+    assert _warnings(caplog) == []
+    assert result.reference is None
+    assert result.table("ablation").columns == ("tau=0.1", "tau=0.5", "tau=1")
+    assert (tmp_path / "out" / "figures" / "ablation.png").is_file()
+    index = (tmp_path / "out" / "index.md").read_text()
+    assert "compare the values of strategy.tau" in index
+    assert "no significance test for" not in index
+
+
+def test_argmax_ablation_has_no_warning(tmp_path, caplog):
+    # An ablation of argmax itself: every run is a reference run, so nothing is compared.
+    root = write_ablation_study(tmp_path / "abl", strategy="argmax", with_argmax=False)
+    with caplog.at_level(logging.INFO, logger="harness.report"):
+        result = make_report(load_study(root), ReportOptions(metrics=("recall@20",), **FAST))
+    assert _warnings(caplog) == []
+    assert result.reference == "argmax"
+    assert result.comparisons.empty
+    assert result.notes == ()
+    assert "ablation" in [t.name for t in result.tables]
+
+
+def test_untested_note_leaves_out_reference(tmp_path):
+    # comirec-sa+bam never finished; mind has no argmax run at all.
+    root = write_study(
+        tmp_path / "partial",
+        datasets=("toy",),
+        methods=("comirec-sa+argmax", "comirec-sa+bam", "mind+bam"),
+        seeds=(0,),
+        skip=frozenset({("toy", "comirec-sa+bam", 0)}),
+    )
+    result = make_report(load_study(root), ReportOptions(**FAST))
+    untested = [note for note in result.notes if "no significance test" in note]
+    assert untested == [
+        "No argmax run on the same backbone, so no significance test for: mind+bam."
+    ]
+
+
+def test_untested_note_absent_when_only_reference_finished(tmp_path):
+    root = write_study(
+        tmp_path / "partial",
+        datasets=("toy",),
+        methods=("comirec-sa+argmax", "comirec-sa+bam"),
+        seeds=(0,),
+        skip=frozenset({("toy", "comirec-sa+bam", 0)}),
+    )
+    result = make_report(load_study(root), ReportOptions(**FAST))
+    assert not any("no significance test" in note for note in result.notes)
+
+
+def test_index_counts_use_singular(tmp_path):
+    root = write_study(
+        tmp_path / "one",
+        datasets=("toy",),
+        methods=("comirec-sa+argmax",),
+        seeds=(0,),
+        strategies=("argmax", "bam"),
+    )
+    index = write_report(
+        make_report(load_study(root), ReportOptions(**FAST)), tmp_path / "out"
+    ).read_text()
+    assert "Built from 1 finished run in" in index
+    assert "(1 data set, 1 method, 1 seed)" in index
+    assert "1 cell has no finished run;" in index
+
+
+def test_method_order_follows_study_json(tmp_path):
+    methods = tuple(
+        f"{b}+{s}" for b in ("comirec-sa", "mind") for s in ("argmax", "bam", "uniform")
+    )
+    root = write_study(
+        tmp_path / "ordered",
+        datasets=("toy",),
+        methods=methods,
+        seeds=(0, 1),
+        backbones=("mind", "comirec-sa"),
+        strategies=("uniform", "argmax", "bam"),
+    )
+    expected = [f"{b}+{s}" for b in ("mind", "comirec-sa") for s in ("uniform", "argmax", "bam")]
+    result = make_report(load_study(root), ReportOptions(metrics=("recall@20",), **FAST))
+    assert list(result.table("main").flat_columns) == [*expected, "Improv."]
+    assert result.table("main").groups == (("mind", 3), ("comirec-sa", 3), ("", 1))
+    assert [row.labels[2] for row in result.table("seeds").rows] == expected
+    assert [row.labels[1] for row in result.table("balance").rows] == expected
+
+
+def test_method_order_sorted_without_study_json(tmp_path):
+    methods = ("mind+uniform", "mind+argmax", "comirec-sa+bam", "comirec-sa+argmax")
+    root = write_study(tmp_path / "bare", datasets=("toy",), methods=methods, seeds=(0,))
+    (root / "study.json").unlink()
+    result = make_report(load_study(root), ReportOptions(metrics=("recall@20",), **FAST))
+    assert list(result.table("main").flat_columns) == [
+        "comirec-sa+argmax",
+        "comirec-sa+bam",
+        "mind+argmax",
+        "mind+uniform",
+        "Improv.",
+    ]
+
+
+def test_ablation_variants_in_declared_order(tmp_path):
+    root = write_ablation_study(tmp_path / "abl", taus=(2.0, 0.5, 10.0), seeds=(0,))
+    result = make_report(load_study(root), ReportOptions(metrics=("recall@20",), **FAST))
+    assert list(result.table("main").flat_columns) == [
+        "comirec-sa+argmax",
+        "comirec-sa+annealed (tau=2)",
+        "comirec-sa+annealed (tau=0.5)",
+        "comirec-sa+annealed (tau=10)",
+        "Improv.",
+    ]

@@ -117,7 +117,7 @@ def test_corrupt_metrics_is_named_and_skipped(tmp_path):
     assert done.returncode == 0, done.stderr
     assert str(broken / "metrics.json") in done.stderr
     assert "WARNING" in done.stderr
-    assert "1 cells have no finished run" in done.stdout
+    assert "1 cell has no finished run" in done.stdout
     index = (root / "report" / "index.md").read_text()
     assert "| corrupt |" in index
 
@@ -154,7 +154,10 @@ def test_reference_not_in_study(small_study, tmp_path, capsys, monkeypatch):
         "gumbel",
         "--output",
         str(tmp_path / "o"),
-        fragments=("unknown reference strategy 'gumbel'", "valid choices: argmax, bam"),
+        fragments=(
+            "this study has no runs of strategy 'gumbel'",
+            "pass --reference with one of: argmax, bam",
+        ),
     )
 
 
@@ -178,4 +181,43 @@ def test_unreadable_study_json(tmp_path, capsys, monkeypatch):
     (root / "study.json").write_text(json.dumps([1, 2]))
     _assert_user_error(
         capsys, monkeypatch, str(root), fragments=("study.json", "expected a JSON object")
+    )
+
+
+def test_report_without_argmax_runs(tmp_path):
+    # The next step that `harness study --mode tune --strategies bam,annealed` prints.
+    root = write_study(
+        tmp_path / "tune",
+        datasets=("toy",),
+        methods=("comirec-sa+bam", "comirec-sa+annealed"),
+        seeds=(0, 1),
+        strategies=("bam", "annealed"),
+    )
+    done = _harness(str(root), "--no-figures", "--permutations", "100")
+    assert done.returncode == 0, done.stderr
+    assert "has no argmax runs" in done.stderr
+    assert "pass --reference with one of: bam, annealed" in done.stderr
+    index = (root / "report" / "index.md").read_text()
+    assert "Reference strategy: none" in index
+
+
+def test_explicit_reference_without_runs(tmp_path, capsys, monkeypatch):
+    root = write_study(
+        tmp_path / "tune",
+        datasets=("toy",),
+        methods=("comirec-sa+bam", "comirec-sa+annealed"),
+        seeds=(0,),
+        strategies=("bam", "annealed"),
+    )
+    _assert_user_error(
+        capsys,
+        monkeypatch,
+        str(root),
+        "--reference",
+        "argmax",
+        "--no-figures",
+        fragments=(
+            "error: this study has no runs of strategy 'argmax'; "
+            "pass --reference with one of: bam, annealed",
+        ),
     )
