@@ -165,6 +165,7 @@ class ComiRecSA(nn.Module):
             config.hidden_bias,
         )
         self._attention: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
         nn.init.kaiming_normal_(self.item_embedding.weight)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
@@ -174,6 +175,7 @@ class ComiRecSA(nn.Module):
         mask = check_history(history, mask, self.config.max_len)
         embeddings = self.item_embedding(history) * mask.unsqueeze(-1)  # (B, L, D)
         interests, self._attention = self.extractor(embeddings, mask)
+        self._mask = mask
         return interests
 
     def auxiliary_loss(self) -> torch.Tensor:

@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from backbones.comirec_sa import ComiRecSAConfig, SelfAttentiveExtractor
+from backbones.comirec_sa import ComiRecSA, ComiRecSAConfig
 from backbones.regularization import routing_regularization
-from backbones.validation import check_history, check_positive
+from backbones.validation import check_positive
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class REMIConfig(ComiRecSAConfig):
         check_positive("reg_lambda", self.reg_lambda, allow_zero=True)
 
 
-class REMI(nn.Module):
+class REMI(ComiRecSA):
     """REMI (Xie et al., RecSys 2023): the ComiRec-SA extractor plus routing regularization.
 
     The forward pass is ComiRec-SA's (see :class:`backbones.comirec_sa.ComiRecSA`
@@ -54,33 +53,7 @@ class REMI(nn.Module):
     """
 
     config_class = REMIConfig
-
-    def __init__(self, config: REMIConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.num_interests = config.num_interests
-        self.item_embedding = nn.Embedding(config.n_items + 1, config.dim, padding_idx=0)
-        self.extractor = SelfAttentiveExtractor(
-            config.dim,
-            config.num_interests,
-            config.max_len,
-            config.hidden_size,
-            config.position_embedding,
-            config.hidden_bias,
-        )
-        self._attention: torch.Tensor | None = None
-        self._mask: torch.Tensor | None = None
-        nn.init.kaiming_normal_(self.item_embedding.weight)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
-
-    def forward(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Map ``history (B, L)`` and ``mask (B, L)`` to interests ``(B, K, D)``."""
-        mask = check_history(history, mask, self.config.max_len)
-        embeddings = self.item_embedding(history) * mask.unsqueeze(-1)  # (B, L, D)
-        interests, self._attention = self.extractor(embeddings, mask)
-        self._mask = mask
-        return interests
+    config: REMIConfig
 
     def auxiliary_loss(self) -> torch.Tensor:
         """Return ``reg_lambda`` times the routing regularization of the last forward pass.
@@ -90,7 +63,3 @@ class REMI(nn.Module):
         if self._attention is None or self._mask is None or self.config.reg_lambda == 0:
             return self.item_embedding.weight.new_zeros(())
         return self.config.reg_lambda * routing_regularization(self._attention, self._mask)
-
-    def attention(self) -> torch.Tensor | None:
-        """Return the last forward pass's attention ``(B, K, L)`` (``None`` before any forward)."""
-        return self._attention
