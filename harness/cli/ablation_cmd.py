@@ -78,7 +78,7 @@ def parse_values(text: str, factor: str, backbone: str, strategy: str) -> tuple[
     """
     from harness.study.overrides import coerce_value, parse_path
 
-    path = parse_path(factor)
+    path = parse_path(factor, label="factor")
     pieces = [piece.strip() for piece in text.split(",") if piece.strip()]
     if not pieces:
         raise ConfigError(

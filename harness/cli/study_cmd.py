@@ -228,53 +228,87 @@ def format_summary(summary: pd.DataFrame, value_label: str | None = None) -> str
     return table.to_string(index=False)
 
 
+def count_failed(result: StudyResult) -> int:
+    """Count the study's runs whose folder records a failure."""
+    if not len(result.runs):
+        return 0
+    return int((result.runs["status"] == "failed").sum())
+
+
 def print_result(result: StudyResult, value_label: str | None = None) -> None:
     """Print the summary table, failed runs and where the report goes."""
+    from harness.study.text import count_noun
+
     counts: Mapping[str, int] = (
         result.runs["status"].value_counts().to_dict() if len(result.runs) else {}
     )
+    failed = count_failed(result)
     typer.echo(format_summary(result.summary, value_label))
     typer.echo(
-        f"{counts.get('finished', 0)} of {len(result.cells)} runs finished"
-        + (
-            f", {counts.get('failed', 0)} failed (see error.json in their run folders)"
-            if counts.get("failed")
-            else ""
-        )
+        f"{counts.get('finished', 0)} of {count_noun(len(result.cells), 'run')} finished"
+        + (f", {failed} failed (see error.json in their run folders)" if failed else "")
     )
     typer.echo(f"report: harness report {result.directory}")
 
 
-class StudyConsoleFilter(logging.Filter):
-    """Console filter during a study: the study's own INFO lines, and warnings and errors of everything.
+# Each run's training loop logs here. Its lines, failures included, go to the
+# run's log.txt, and the study logs its own warning for each failed run.
+_RUN_LOGGER = "harness.train"
 
-    Each run's INFO lines (every validation of every run) still go to its
-    ``log.txt``; on the console they would bury the progress bar.
+
+class StudyConsoleFilter(logging.Filter):
+    """Console filter during a study: the study's own INFO lines, and warnings and errors of other code.
+
+    Records of the training loop (``harness.train``) are left out at every
+    level. They go to each run's ``log.txt``, and the study logs one warning
+    with the run id and the error for each failed run, so a failure shows
+    once on the console. Worker processes (``--jobs`` above 1) never print
+    these records either, so the console reads the same for any job count.
+    Other INFO lines of each run (every validation of every run) are left out
+    because they would bury the progress bar.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == _RUN_LOGGER:
+            return False
         return record.levelno >= logging.WARNING or record.name.startswith("harness.study")
 
 
 def run_and_print(run: Any, value_label: str | None = None) -> None:
-    """Call ``run()`` with log lines routed around the progress bars, then print its result."""
+    """Call ``run()`` with log lines routed around the progress bars, then print its result.
+
+    Exits with status 1 after printing when any run of the study failed. On
+    Ctrl-C or SIGTERM it prints how far the study got and exits with 128 plus
+    the signal number (130 or 143).
+    """
     import optuna
     from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from harness.study.interrupt import StudyInterrupted, sigterm_as_interrupt
 
     # Optuna resets its logger to INFO when it is first imported. Its per-trial
     # lines would repeat what the progress bar shows.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console_filter = StudyConsoleFilter()
-    with logging_redirect_tqdm():
+    with sigterm_as_interrupt() as stop, logging_redirect_tqdm():
         handlers = list(logging.getLogger().handlers)
         for handler in handlers:
             handler.addFilter(console_filter)
         try:
             result = run()
+        except StudyInterrupted as exc:
+            typer.echo(f"interrupted: {exc}", err=True)
+            raise typer.Exit(stop.exit_status) from None
+        except KeyboardInterrupt:
+            # Stopped during the checks, or a second interrupt during the cleanup.
+            typer.echo("interrupted; run the same command to resume", err=True)
+            raise typer.Exit(stop.exit_status) from None
         finally:
             for handler in handlers:
                 handler.removeFilter(console_filter)
     print_result(result, value_label)
+    if count_failed(result):
+        raise typer.Exit(1)
 
 
 def study(

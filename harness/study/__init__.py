@@ -8,6 +8,7 @@ run id. See
 claiming and resuming, and :mod:`harness.study.tune` for tuning.
 """
 
+from harness.study.interrupt import StudyInterrupted
 from harness.study.presets import PRESETS, Preset, get_preset
 from harness.study.runner import StudyResult, run_study, threads_per_job
 from harness.study.spec import (
@@ -29,6 +30,7 @@ __all__ = [
     "Cell",
     "Component",
     "Preset",
+    "StudyInterrupted",
     "StudyResult",
     "StudySpec",
     "SealedTestSplitError",

@@ -148,7 +148,10 @@ def trial_id_of(storage: BaseStorage, study_id: int, trial: FrozenTrial) -> int:
 def deferred_interrupt() -> Iterator[None]:
     """Hold back Ctrl-C (SIGINT) until the block ends, so a claim is never left half recorded.
 
-    Outside the main thread, where Python delivers no signals, this does nothing.
+    The held-back signal is raised again when the block ends. That is
+    SIGTERM when :func:`harness.study.interrupt.sigterm_as_interrupt`
+    passed one on, so its handler runs then. Outside the main thread, where
+    Python delivers no signals, this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -160,7 +163,7 @@ def deferred_interrupt() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
         if received:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(received[0])
 
 
 def _last_sign_of_life(trial: FrozenTrial) -> float:
@@ -190,6 +193,20 @@ def is_stale(trial: FrozenTrial, grace_s: float = GRACE_PERIOD_S, now: float | N
     return now - _last_sign_of_life(trial) > limit
 
 
+def _release(
+    storage: BaseStorage, storage_name: str, study_id: int, trial: FrozenTrial, outcome: str
+) -> bool:
+    """Mark a RUNNING trial FAIL with ``outcome``, or return False when another worker finished it first."""
+    trial_id = trial_id_of(storage, study_id, trial)
+    with claim_lock(storage_name):
+        try:
+            storage.set_trial_user_attr(trial_id, OUTCOME_ATTR, outcome)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            return False
+    return True
+
+
 def release_stale(
     storage: BaseStorage, storage_name: str, study_id: int, grace_s: float = GRACE_PERIOD_S
 ) -> list[FrozenTrial]:
@@ -212,13 +229,8 @@ def release_stale(
     for trial in running:
         if not is_stale(trial, grace_s):
             continue
-        trial_id = trial_id_of(storage, study_id, trial)
-        with claim_lock(storage_name):
-            try:
-                storage.set_trial_user_attr(trial_id, OUTCOME_ATTR, OUTCOME_STALE)
-                storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            except UpdateFinishedTrialError:
-                continue
+        if not _release(storage, storage_name, study_id, trial, OUTCOME_STALE):
+            continue
         logger.warning(
             "released trial %d (%s): its owner %s stopped without finishing it",
             trial.number,
@@ -226,6 +238,28 @@ def release_stale(
             trial.user_attrs.get(OWNER_ATTR),
         )
         released.append(trial)
+    return released
+
+
+def release_exited_local(storage: BaseStorage, storage_name: str, study_id: int) -> int:
+    """Mark FAIL, with outcome ``interrupted``, the RUNNING trials whose owner on this host has exited.
+
+    An interrupted study calls this after joblib killed its worker
+    processes. Their cells are then free at once, also for workers on other
+    hosts, which would otherwise wait for the grace period. A trial whose
+    claimant died before recording itself as owner is left to
+    :func:`release_stale`.
+
+    Returns:
+        The number of trials released.
+    """
+    released = 0
+    running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
+        owner = Owner.from_attr(trial.user_attrs.get(OWNER_ATTR))
+        if owner is None or not owner.is_local() or owner.is_alive():
+            continue
+        released += _release(storage, storage_name, study_id, trial, OUTCOME_INTERRUPTED)
     return released
 
 

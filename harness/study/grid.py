@@ -38,6 +38,7 @@ from harness import runs
 from harness.study import claim
 from harness.study.spec import Cell
 from harness.study.storage import open_storage
+from harness.study.text import count_noun
 from harness.study.worker import CELL_ATTR, CONFIG_ATTR, CellOutcome, WorkerContext, run_next_cell
 
 logger = logging.getLogger(__name__)
@@ -311,7 +312,12 @@ def run_cells(
             index = current.index + 1 if current is not None else 0
             study_id, leader = _create_round(storage, study_name, index, owner)
             if leader:
-                logger.info("round %d: queueing %d of %d cells", index, len(pending), len(cells))
+                logger.info(
+                    "round %d: queueing %d of %s",
+                    index,
+                    len(pending),
+                    count_noun(len(cells), "cell"),
+                )
                 _queue_cells(storage, study_id, pending)
     finally:
         record_progress()
@@ -319,5 +325,7 @@ def run_cells(
 
     foreign = [outcome for outcome in outcomes if outcome.run_id not in expected]
     if foreign:
-        logger.warning("ran %d cells queued by a different study specification", len(foreign))
+        logger.warning(
+            "ran %s queued by a different study specification", count_noun(len(foreign), "cell")
+        )
     return outcomes

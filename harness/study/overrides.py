@@ -76,11 +76,12 @@ def _field_names(cls: type) -> list[str]:
     return [field.name for field in dataclasses.fields(cls)]
 
 
-def parse_path(text: str) -> ConfigPath:
+def parse_path(text: str, label: str = "config path") -> ConfigPath:
     """Parse a dotted path such as ``train.lr``, ``strategy.tau`` or ``model.options.reg_lambda``.
 
     Args:
         text: The path as a user wrote it.
+        label: What the path is to the user, for error messages, e.g. ``factor``.
 
     Returns:
         The parsed path; option names are checked later against the chosen
@@ -93,26 +94,29 @@ def parse_path(text: str) -> ConfigPath:
     parts = text.strip().split(".")
     section = parts[0]
     if section not in SECTIONS:
-        raise unknown_choice("config section in path " + repr(text), section, SECTIONS)
+        raise ConfigError(
+            f"unknown section {section!r} in {label} {text!r}; "
+            f"valid sections: {', '.join(sorted(SECTIONS))}"
+        )
     fields = _field_names(SECTIONS[section])
 
     if len(parts) == 3 and parts[1] == "options" and section in OPTION_SECTIONS and parts[2]:
         return ConfigPath(section, parts[2], option=True)
     if len(parts) != 2 or not parts[1]:
         raise ConfigError(
-            f"invalid config path {text!r}: expected SECTION.FIELD (e.g. train.lr) "
+            f"invalid {label} {text!r}: expected SECTION.FIELD (e.g. train.lr) "
             "or SECTION.options.NAME (e.g. strategy.options.tau)"
         )
 
     name = parts[1]
     if (section, name) in _CELL_FIELDS:
         raise ConfigError(
-            f"invalid config path {text!r}: the study sets {section}.{name} for every cell; "
+            f"invalid {label} {text!r}: the study sets {section}.{name} for every cell; "
             f"use {_CELL_FIELDS[section, name]} instead"
         )
     if (section, name) in _NO_EFFECT_FIELDS:
         raise ConfigError(
-            f"invalid config path {text!r}: {section}.{name} does not change a run's results "
+            f"invalid {label} {text!r}: {section}.{name} does not change a run's results "
             "and is left out of its run id, so it cannot be varied"
         )
     if name in fields:

@@ -11,11 +11,19 @@ import pandas as pd
 
 from harness.errors import ConfigError
 from harness.study import claim, results
-from harness.study.grid import run_cells
+from harness.study.grid import count_finished, list_rounds, run_cells
+from harness.study.interrupt import StudyInterrupted
 from harness.study.spec import Cell, StudySpec, check_existing, study_dir, write_study_json
 from harness.study.storage import default_storage, is_url, open_storage
-from harness.study.tune import TUNING_FOLDER, TunedComponent, run_tuning
-from harness.study.validate import check_cells
+from harness.study.text import count_noun
+from harness.study.tune import (
+    TUNING_FOLDER,
+    TunedComponent,
+    count_used_trials,
+    run_tuning,
+    tuning_study_ids,
+)
+from harness.study.validate import check_cells, check_device
 from harness.study.worker import (
     CellOutcome,
     PrepareFn,
@@ -77,6 +85,56 @@ def _check_data(spec: StudySpec, prepare: PrepareFn, jobs: int) -> None:
             prepare(data)
 
 
+def _tuned_cells(
+    spec: StudySpec, tuned: dict[str, TunedComponent], directory: Path, storage: str
+) -> list[Cell]:
+    """Check the final cells of a tuning study and record them, with the tuning files, in study.json."""
+    best = {key: result.params for key, result in tuned.items() if result.completed}
+    cells = spec.cells(best)
+    check_cells(spec, cells)
+    write_study_json(
+        directory,
+        spec,
+        storage=storage,
+        cells=cells,
+        extra={
+            "tuning": {
+                "best_params": f"{TUNING_FOLDER}/best_params.json",
+                "trials": f"{TUNING_FOLDER}/trials.csv",
+            }
+        },
+    )
+    return cells
+
+
+def _stopped(
+    spec: StudySpec,
+    context: WorkerContext,
+    cells: list[Cell],
+    *,
+    tuning: bool,
+    grace_s: float,
+) -> StudyInterrupted:
+    """Release the claims of worker processes killed by an interrupt, and count the work done.
+
+    With ``--jobs 1`` the run in flight releases its own claim as the
+    interrupt passes through it. Worker processes get no such chance, because
+    joblib kills them with SIGKILL when the interrupt reaches this process.
+    """
+    storage = open_storage(context.storage)
+    study_ids = [info.study_id for info in list_rounds(storage, spec.name)]
+    study_ids += tuning_study_ids(storage, spec)
+    released = sum(
+        claim.release_exited_local(storage, context.storage, study_id) for study_id in study_ids
+    )
+    if released:
+        logger.info("released %s of stopped worker processes", count_noun(released, "claim"))
+    if tuning:
+        total = len(spec.components) * spec.trials
+        return StudyInterrupted(count_used_trials(storage, spec, grace_s), total, "tuning trial")
+    return StudyInterrupted(count_finished(cells, context), len(cells), "run")
+
+
 def run_study(
     spec: StudySpec,
     *,
@@ -115,12 +173,17 @@ def run_study(
         The study's cells, this invocation's outcomes and the result tables.
 
     Raises:
-        ConfigError: Invalid jobs, a different study already in the folder,
-            an unreachable storage or invalid options.
+        ConfigError: Invalid jobs, an unavailable device, a different study
+            already in the folder, an unreachable storage or invalid options.
         DataError: A data file that cannot be read.
+        StudyInterrupted: Ctrl-C (or a SIGTERM passed on as one, see
+            :func:`harness.study.interrupt.sigterm_as_interrupt`) stopped the
+            study after its checks. Claims of the runs in flight are released
+            and finished runs are kept.
     """
     if jobs < 1:
         raise ConfigError(f"invalid --jobs {jobs}: must be >= 1")
+    check_device(spec.train.device)
     directory = study_dir(output, spec.name)
     check_existing(directory, spec)
     # Journal paths are made absolute, so study.json names the file wherever it is read from.
@@ -150,34 +213,26 @@ def run_study(
     )
     write_study_json(directory, spec, storage=storage, cells=cells if spec.mode == "grid" else None)
     logger.info(
-        "study %s: %s mode, %d jobs with %d torch threads each, storage %s",
+        "study %s: %s mode, %s, %s per job, storage %s",
         spec.name,
         spec.mode,
-        jobs,
-        threads,
+        count_noun(jobs, "job"),
+        count_noun(threads, "torch thread"),
         storage,
     )
 
     tuned: dict[str, TunedComponent] | None = None
-    if spec.mode == "tune":
-        tuned = run_tuning(spec, context, jobs=jobs, progress=progress, grace_s=grace_s)
-        best = {key: result.params for key, result in tuned.items() if result.completed}
-        cells = spec.cells(best)
-        check_cells(spec, cells)
-        write_study_json(
-            directory,
-            spec,
-            storage=storage,
-            cells=cells,
-            extra={
-                "tuning": {
-                    "best_params": f"{TUNING_FOLDER}/best_params.json",
-                    "trials": f"{TUNING_FOLDER}/trials.csv",
-                }
-            },
+    tuning = spec.mode == "tune"
+    try:
+        if tuning:
+            tuned = run_tuning(spec, context, jobs=jobs, progress=progress, grace_s=grace_s)
+            cells = _tuned_cells(spec, tuned, directory, storage)
+            tuning = False
+        outcomes = run_cells(
+            cells, context, spec.name, jobs=jobs, progress=progress, grace_s=grace_s
         )
-
-    outcomes = run_cells(cells, context, spec.name, jobs=jobs, progress=progress, grace_s=grace_s)
+    except KeyboardInterrupt:
+        raise _stopped(spec, context, cells, tuning=tuning, grace_s=grace_s) from None
     table = results.collect(directory, cells)
     return StudyResult(
         directory=directory,

@@ -27,7 +27,7 @@ from harness.config import (
     TrainConfig,
     check_choice,
 )
-from harness.errors import ConfigError, unknown_choice
+from harness.errors import ConfigError
 from harness.registry import expand_names, lookup
 from harness.study.overrides import ConfigPath, apply_values, check_option, parse_path, with_value
 
@@ -138,23 +138,38 @@ def scope_options(
         owner, dot, option = key.rpartition(".")
         if dot:
             if owner not in names:
-                raise unknown_choice(f"{kind} in option {key!r} (not in this study)", owner, names)
+                raise ConfigError(
+                    f"invalid {kind} option {key!r}: {kind} {owner!r} is not in this study; "
+                    f"valid {kind} names: {', '.join(names)}"
+                )
             valid = _option_names(kind, owner)
+            if not valid:
+                raise ConfigError(f"invalid {kind} option {key!r}: {owner} takes no options")
             if option not in valid:
-                raise unknown_choice(f"{owner} option", option, valid)
+                raise _unknown_option(kind, option, [owner])
             scoped.setdefault(owner, {})[option] = value
             continue
         takers = [name for name in names if key in _option_names(kind, name)]
         if not takers:
-            valid = sorted({option for name in names for option in _option_names(kind, name)})
-            if not valid:
-                raise ConfigError(
-                    f"invalid {kind} option {key!r}: no {kind} of this study takes options"
-                )
-            raise unknown_choice(f"{kind} option (for {', '.join(names)})", key, valid)
+            raise _unknown_option(kind, key, names)
         for name in takers:
             scoped.setdefault(name, {})[key] = value
     return scoped
+
+
+def _unknown_option(kind: str, option: str, names: Sequence[str]) -> ConfigError:
+    """Build the error for an option that none of ``names`` takes, listing the options they do take."""
+    with_options = [name for name in names if _option_names(kind, name)]
+    if not with_options:
+        return ConfigError(
+            f"invalid {kind} option {option!r}: no {kind} of this study takes options"
+        )
+    owners = ", ".join(with_options[:-1]) + " or " if len(with_options) > 1 else ""
+    owners += with_options[-1]
+    valid = sorted({name for owner in with_options for name in _option_names(kind, owner)})
+    return ConfigError(
+        f"unknown {kind} option {option!r} for {owners}; valid options: {', '.join(valid)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -178,7 +193,7 @@ class Ablation:
     @property
     def path(self) -> ConfigPath:
         """The parsed setting."""
-        return parse_path(self.factor)
+        return parse_path(self.factor, label="factor")
 
 
 @dataclass(frozen=True)

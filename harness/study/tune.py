@@ -41,7 +41,7 @@ from harness.study import claim
 from harness.study.overrides import apply_values
 from harness.study.spec import RUNS_FOLDER, Component, StudySpec
 from harness.study.storage import open_storage
-from harness.study.worker import WorkerContext, cached_data
+from harness.study.worker import WorkerContext, cached_data, use_thread_lock_for_tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,27 @@ def used_budget(storage: BaseStorage, study_id: int, grace_s: float = claim.GRAC
     return sum(_counts_against_budget(trial, grace_s) for trial in trials)
 
 
+def tuning_study_ids(storage: BaseStorage, spec: StudySpec) -> list[int]:
+    """Return the ids of the components' tuning studies that exist in the storage."""
+    study_ids = []
+    for component in spec.components:
+        try:
+            study_ids.append(storage.get_study_id_from_name(tune_study_name(spec.name, component)))
+        except KeyError:
+            continue
+    return study_ids
+
+
+def count_used_trials(
+    storage: BaseStorage, spec: StudySpec, grace_s: float = claim.GRACE_PERIOD_S
+) -> int:
+    """Count the tuning trials of all components that used up budget (see :func:`used_budget`)."""
+    return sum(
+        min(spec.trials, used_budget(storage, study_id, grace_s))
+        for study_id in tuning_study_ids(storage, spec)
+    )
+
+
 def _pruner(base: RunConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(
         n_startup_trials=PRUNER_STARTUP_TRIALS,
@@ -181,6 +202,7 @@ def run_tuning_trial(context: WorkerContext, task: TuningTask) -> str | None:
         The trial's final state name (``COMPLETE``, ``PRUNED``, ``FAIL``), or
         None when the budget was already used.
     """
+    use_thread_lock_for_tqdm(context.leader_pid)
     storage = open_storage(context.storage)
     study_id = storage.get_study_id_from_name(task.study)
     used = used_budget(storage, study_id, task.grace_s)

@@ -1,4 +1,4 @@
-"""Checks of backbone and strategy options before a study starts its first run."""
+"""Checks of the device and of backbone and strategy options before a study starts its first run."""
 
 from __future__ import annotations
 
@@ -8,6 +8,20 @@ from typing import Any
 from harness.config import ModelConfig, RunConfig
 from harness.errors import unknown_choice
 from harness.study.spec import Cell, StudySpec
+
+
+def check_device(name: str) -> None:
+    """Check that the device a study's runs train on exists on this machine.
+
+    Every run resolves its device again when it starts. Checking here fails
+    the study once, before any run, instead of failing every run.
+
+    Raises:
+        ConfigError: ``cuda`` was requested but no CUDA device is available.
+    """
+    from harness.trainer import resolve_device
+
+    resolve_device(name)
 
 
 def check_model_options(model: ModelConfig) -> None:

@@ -216,6 +216,29 @@ class _LeaderWatch:
             self._thread.join()
 
 
+def use_thread_lock_for_tqdm(leader_pid: int | None) -> None:
+    """Give tqdm a thread lock in a joblib worker process in place of its default process lock.
+
+    tqdm's default lock includes a multiprocessing lock, a named semaphore.
+    When a study is interrupted, joblib kills its worker processes with
+    SIGKILL, so that semaphore is never removed, and Python's resource
+    tracker warns about leaked semaphore objects as the study exits. Runs
+    in a worker show no progress bar, so nothing needs a lock shared with
+    other processes. Call this before the worker's first tqdm bar. In the
+    study's own process it does nothing.
+
+    NOTE: tqdm's lock was the only semaphore that workers created in a real
+    training study with two jobs. A semaphore that other code creates in a
+    worker would still be reported when the worker is killed.
+    """
+    if leader_pid is None or leader_pid == os.getpid():
+        return
+    from tqdm import tqdm
+
+    if not hasattr(tqdm, "_lock"):
+        tqdm.set_lock(threading.RLock())
+
+
 def run_next_cell(context: WorkerContext, round_name: str) -> CellOutcome | None:
     """Claim the next waiting cell of a round, run it under a heartbeat, and record the outcome.
 
@@ -229,6 +252,7 @@ def run_next_cell(context: WorkerContext, round_name: str) -> CellOutcome | None
     if not leader_alive(context.leader_pid):
         logger.warning("study process %s is gone; not claiming more cells", context.leader_pid)
         return None
+    use_thread_lock_for_tqdm(context.leader_pid)
     storage = open_storage(context.storage)
     study_id = storage.get_study_id_from_name(round_name)
     trial = claim.claim_waiting(storage, context.storage, study_id, claim.Owner.current())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -164,6 +165,49 @@ def test_release_stale_fails_the_trial_once(tmp_path: Path) -> None:
     assert not claim.finish_trial(
         storage, trial_id, TrialState.COMPLETE, claim.OUTCOME_FINISHED, 0.5
     )
+
+
+def test_release_exited_local_owners_only(tmp_path: Path) -> None:
+    name = str(tmp_path / "s.journal")
+    storage = open_storage(name)
+    study_id = _queue(name, 3)
+    host = socket.gethostname()
+    owners = {
+        "r000": {"host": host, "pid": _dead_pid(), "started": None},
+        "r001": claim.Owner.current().to_attr(),
+        # A remote owner is left to release_stale, even with an old heartbeat.
+        "r002": {"host": "another-host.invalid", "pid": 1, "started": None},
+    }
+    while (
+        trial := claim.claim_waiting(storage, name, study_id, claim.Owner.current())
+    ) is not None:
+        trial_id = claim.trial_id_of(storage, study_id, trial)
+        storage.set_trial_user_attr(trial_id, claim.OWNER_ATTR, owners[trial.user_attrs["run_id"]])
+        storage.set_trial_user_attr(trial_id, claim.HEARTBEAT_ATTR, 1000.0)
+
+    assert claim.release_exited_local(storage, name, study_id) == 1
+    trials = {trial.user_attrs["run_id"]: trial for trial in storage.get_all_trials(study_id)}
+    assert trials["r000"].state == TrialState.FAIL
+    assert trials["r000"].user_attrs[claim.OUTCOME_ATTR] == claim.OUTCOME_INTERRUPTED
+    assert trials["r001"].state == TrialState.RUNNING
+    assert trials["r002"].state == TrialState.RUNNING
+    assert claim.release_exited_local(storage, name, study_id) == 0
+
+
+def test_sigterm_waits_for_deferred_block() -> None:
+    from harness.study.interrupt import sigterm_as_interrupt
+
+    finished = False
+    with (
+        pytest.raises(KeyboardInterrupt),
+        sigterm_as_interrupt() as stop,
+        claim.deferred_interrupt(),
+    ):
+        signal.raise_signal(signal.SIGTERM)
+        finished = True
+    assert finished
+    assert stop.signum == signal.SIGTERM
+    assert stop.exit_status == 143
 
 
 def test_heartbeat_refreshes_the_attribute(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ The runs use ``fake_train`` from ``test_study_grid.py`` through the hidden
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,14 +18,44 @@ from pathlib import Path
 
 import pytest
 import test_study_grid
-from test_study_grid import CALLS_ENV, SLEEP_ENV, calls_by_run, stop_joblib_workers
+from optuna.trial import FrozenTrial, TrialState
+from test_study_grid import CALLS_ENV, SLEEP_ENV, calls_by_run, fake_train, stop_joblib_workers
 
 from harness import runs
 from harness.cli import main
+from harness.study.storage import open_storage
+from harness.study.text import count_noun
 
 HERE = Path(__file__).resolve().parent
 FAKE = "test_study_grid:fake_train"
+FAILING = "test_study_cli:fail_seed_one"
 SMALL_GRID = ["--backbones", "comirec-sa,mind", "--strategies", "argmax,bam", "--seeds", "2"]
+ONE_METHOD = ["--backbones", "mind", "--strategies", "bam"]
+
+
+def fail_seed_one(
+    config, run_dir, *, dataset=None, split=None, progress=True, trial=None, evaluate_test=True
+):
+    """Fail the runs of seed 1 the way train_run fails a run, and train the others with the fake.
+
+    Like train_run, it logs the failure on the ``harness.train`` logger while
+    the run's log.txt is open, writes error.json and raises.
+    """
+    if config.seed != 1:
+        return fake_train(
+            config,
+            run_dir,
+            dataset=dataset,
+            split=split,
+            progress=progress,
+            trial=trial,
+            evaluate_test=evaluate_test,
+        )
+    error = RuntimeError(f"planned failure of {config.run_id}")
+    with runs.run_log(Path(run_dir)):
+        logging.getLogger("harness.train").error("run %s failed: %s", config.run_id, error)
+        runs.write_error(Path(run_dir), config.run_id, error)
+        raise error
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -42,7 +73,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return status, captured.out, captured.err
 
 
-def study_args(output: Path, *extra: str) -> list[str]:
+def study_args(output: Path, *extra: str, train_fn: str = FAKE) -> list[str]:
     return [
         "study",
         "--output",
@@ -50,7 +81,7 @@ def study_args(output: Path, *extra: str) -> list[str]:
         "--name",
         "demo",
         "--train-fn",
-        FAKE,
+        train_fn,
         "--no-progress",
         *extra,
     ]
@@ -83,6 +114,16 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 
 def _finished_runs(folder: Path) -> list[Path]:
     return [path for path in sorted(folder.glob("*")) if runs.is_finished(path)]
+
+
+def _running_trials(study_folder: Path) -> list[FrozenTrial]:
+    """Return the trials of every Optuna study in the study's journal that are still claimed."""
+    storage = open_storage(str(study_folder / "optuna.journal"))
+    running: list[FrozenTrial] = []
+    for study in storage.get_all_studies():
+        study_id = storage.get_study_id_from_name(study.study_name)
+        running += storage.get_all_trials(study_id, states=(TrialState.RUNNING,))
+    return running
 
 
 def _metrics(folder: Path) -> dict[str, dict]:
@@ -273,6 +314,11 @@ def test_ablation_of_backbone_option(tmp_path: Path, calls: Path, capsys) -> Non
         (["--preset", "fast"], "error: unknown preset 'fast'; valid choices: paper, quick"),
         (["--mode", "random"], "error: unknown study mode 'random'; valid choices: grid, tune"),
         (["--strategy-option", "temperature=2"], "error: unknown strategy option"),
+        (
+            ["--strategies", "bam,annealed", "--strategy-option", "tau_ned=1"],
+            "error: unknown strategy option 'tau_ned' for annealed; "
+            "valid options: schedule, steps, tau_end, tau_start",
+        ),
         (["--jobs", "0"], "error: invalid --jobs 0"),
     ],
     ids=[
@@ -284,6 +330,7 @@ def test_ablation_of_backbone_option(tmp_path: Path, calls: Path, capsys) -> Non
         "preset",
         "mode",
         "option",
+        "option-of-one-strategy",
         "jobs",
     ],
 )
@@ -309,8 +356,13 @@ def test_bad_input_fails_before_any_run(
         (["--factor", "train.lr", "--values", "fast"], "error: invalid value 'fast' for train.lr"),
         (["--factor", "train.threads", "--values", "1,2"], "does not change a run's results"),
         (["--factor", "train.lr", "--values", ","], "give at least one value"),
+        (
+            ["--factor", "strat.tau_end", "--values", "1"],
+            "error: unknown section 'strat' in factor 'strat.tau_end'; "
+            "valid sections: data, model, strategy, train",
+        ),
     ],
-    ids=["unknown-option", "bad-value", "no-effect", "no-values"],
+    ids=["unknown-option", "bad-value", "no-effect", "no-values", "unknown-section"],
 )
 def test_ablation_bad_input(
     tmp_path: Path, calls: Path, capsys, args: list[str], message: str
@@ -333,6 +385,88 @@ def test_ablation_bad_input(
     assert status == 2
     assert message in err
     assert list(calls.iterdir()) == []
+
+
+def test_unavailable_cuda_fails_before_any_run(
+    tmp_path: Path, calls: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    status, out, err = run_cli(study_args(tmp_path, *SMALL_GRID, "--device", "cuda"), capsys)
+    assert status == 2
+    assert err.strip().splitlines()[-1] == (
+        "error: invalid device 'cuda': no CUDA device is available; use --device cpu or auto"
+    )
+    assert out == ""
+    assert list(calls.iterdir()) == []
+    assert not (tmp_path / "demo").exists()
+
+
+def test_failed_run_exits_with_status_1(tmp_path: Path, calls: Path, capsys) -> None:
+    status, out, err = run_cli(
+        study_args(tmp_path, *ONE_METHOD, "--seeds", "2", train_fn=FAILING), capsys
+    )
+    assert status == 1, err
+    lines = out.strip().splitlines()
+    assert lines[1].split()[:4] == ["synthetic", "mind+bam", "1", "1"]
+    assert lines[-2] == "1 of 2 runs finished, 1 failed (see error.json in their run folders)"
+    assert lines[-1] == f"report: harness report {tmp_path / 'demo'}"
+
+
+def test_failed_run_logged_once(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    study = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            *study_args(tmp_path, *ONE_METHOD, "--seeds", "2", train_fn=FAILING),
+        ],
+        env=_env(calls, sleep=0.0),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert study.returncode == 1, study.stderr
+    failed = [
+        path for path in (tmp_path / "demo" / "runs").iterdir() if runs.read_error(path) is not None
+    ]
+    assert len(failed) == 1
+    run_id = failed[0].name
+
+    console = [line for line in study.stderr.splitlines() if run_id in line]
+    assert len(console) == 1, study.stderr
+    assert console[0].endswith(
+        f"WARNING harness.study.grid: run {run_id} failed: "
+        f"RuntimeError: planned failure of {run_id}"
+    )
+    # The run's own records keep the failure.
+    log = (failed[0] / runs.LOG_FILE).read_text()
+    assert f"ERROR harness.train: run {run_id} failed: planned failure of {run_id}" in log
+    assert f"planned failure of {run_id}" in runs.read_error(failed[0])["error"]
+
+
+def test_counts_use_singular(tmp_path: Path, calls: Path, capsys, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    status, out, err = run_cli(
+        study_args(tmp_path, *ONE_METHOD, "--seeds", "1", "--jobs", "1", "--threads", "1"),
+        capsys,
+    )
+    assert status == 0, err
+    assert "grid mode, 1 job, 1 torch thread per job, storage" in caplog.text
+    assert "round 0: queueing 1 of 1 cell\n" in caplog.text
+    assert "1 of 1 run finished" in out.splitlines()
+
+
+def test_count_noun() -> None:
+    assert count_noun(0, "run") == "0 runs"
+    assert count_noun(1, "run") == "1 run"
+    assert count_noun(2, "torch thread") == "2 torch threads"
+    assert count_noun(1, "process", "processes") == "1 process"
+    assert count_noun(3, "process", "processes") == "3 processes"
 
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])
@@ -361,7 +495,11 @@ def test_two_workers_run_each_cell_once(tmp_path: Path, storage: str) -> None:
     assert len(_finished_runs(tmp_path / "out" / "demo" / "runs")) == 8
 
 
-@pytest.mark.parametrize("kill_signal", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "sigint"])
+@pytest.mark.parametrize(
+    "kill_signal",
+    [signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
+    ids=["sigkill", "sigint", "sigterm"],
+)
 def test_killed_study_resumes(tmp_path: Path, kill_signal: signal.Signals) -> None:
     calls = tmp_path / "calls"
     calls.mkdir()
@@ -373,10 +511,18 @@ def test_killed_study_resumes(tmp_path: Path, kill_signal: signal.Signals) -> No
     while len(_finished_runs(runs_folder)) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     worker.send_signal(kill_signal)
-    worker.wait(timeout=60)
+    status = worker.wait(timeout=60)
 
     finished = _finished_runs(runs_folder)
     assert 3 <= len(finished) < 8
+    if kill_signal != signal.SIGKILL:
+        # Ctrl-C and SIGTERM stop the study the same way: a report, the usual status, no claims left.
+        assert status == 128 + kill_signal
+        log = (tmp_path / "first.log").read_text()
+        assert log.strip().splitlines()[-1] == (
+            f"interrupted: {len(finished)} of 8 runs finished; run the same command to resume"
+        )
+        assert _running_trials(tmp_path / "out" / "demo") == []
     snapshot = {
         path.name: {
             file.name: (file.stat().st_mtime_ns, file.read_bytes()) for file in path.iterdir()
@@ -458,3 +604,46 @@ def test_killed_parallel_study_leaves_no_workers(tmp_path: Path) -> None:
     resumed = _start(args, _env(calls, sleep=0.0), tmp_path / "second.log")
     assert resumed.wait(timeout=120) == 0
     assert len(_finished_runs(runs_folder)) == 8
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_interrupted_parallel_study_stops_cleanly(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    args = study_args(tmp_path / "out", *SMALL_GRID, "--jobs", "2")
+    study_folder = tmp_path / "out" / "demo"
+
+    # Only the study process gets the signal, as from `kill`, while its workers are mid-run.
+    study = subprocess.Popen(
+        [sys.executable, "-m", "harness", *args],
+        env=_env(calls, sleep=1.0),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 90
+    while len(_finished_runs(study_folder / "runs")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    study.send_signal(stop_signal)
+    # The pipes close once every process that inherited them has exited,
+    # including Python's resource tracker, which prints the leak warning.
+    out, err = study.communicate(timeout=60)
+
+    assert study.returncode == 128 + stop_signal
+    finished = len(_finished_runs(study_folder / "runs"))
+    assert 2 <= finished < 8
+    assert out == ""
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: {finished} of 8 runs finished; run the same command to resume"
+    )
+    assert "leaked semaphore" not in err
+    assert "Traceback" not in err
+    assert _running_trials(study_folder) == []
+    workers = {int(path.name.split(".")[1]) for path in calls.iterdir()}
+    assert not any(_process_running(pid) for pid in workers)
+
+    resumed = _start(args, _env(calls, sleep=0.0), tmp_path / "resumed.log")
+    assert resumed.wait(timeout=120) == 0
+    assert len(_finished_runs(study_folder / "runs")) == 8

@@ -51,6 +51,11 @@ def fake_train(
     config, run_dir, *, dataset=None, split=None, progress=True, trial=None, evaluate_test=True
 ):
     """Write a finished run folder like train_run does, without training."""
+    from tqdm.auto import tqdm
+
+    # train_run creates a progress bar, disabled in studies, and with it tqdm's
+    # lock. A worker process killed after creating that lock leaks its semaphore.
+    tqdm(total=1, disable=not progress).close()
     run_dir = Path(run_dir)
     calls = os.environ.get(CALLS_ENV)
     if calls:

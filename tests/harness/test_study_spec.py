@@ -108,17 +108,61 @@ def test_scope_options_backbone_shared_key() -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "message"),
+    ("raw", "names", "message"),
     [
-        ({"temperature": 1.0}, "unknown strategy option .*'temperature'.*hard, tau"),
-        ({"bam.tau": 1.0}, "not in this study"),
-        ({"gumbel.temp": 1.0}, "unknown gumbel option 'temp'.*hard, tau"),
+        (
+            {"temperature": 1.0},
+            ("argmax", "gumbel"),
+            "unknown strategy option 'temperature' for gumbel; valid options: hard, tau",
+        ),
+        (
+            {"tau_ned": 1.0},
+            ("bam", "annealed"),
+            "unknown strategy option 'tau_ned' for annealed; "
+            "valid options: schedule, steps, tau_end, tau_start",
+        ),
+        (
+            {"tau_ned": 1.0},
+            ("gumbel", "annealed"),
+            "unknown strategy option 'tau_ned' for gumbel or annealed; "
+            "valid options: hard, schedule, steps, tau, tau_end, tau_start",
+        ),
+        (
+            {"tau": 1.0},
+            ("argmax", "bam"),
+            "invalid strategy option 'tau': no strategy of this study takes options",
+        ),
+        (
+            {"bam.tau": 1.0},
+            ("argmax", "gumbel"),
+            "invalid strategy option 'bam.tau': strategy 'bam' is not in this study; "
+            "valid strategy names: argmax, gumbel",
+        ),
+        (
+            {"gumbel.temp": 1.0},
+            ("argmax", "gumbel"),
+            "unknown strategy option 'temp' for gumbel; valid options: hard, tau",
+        ),
+        (
+            {"argmax.tau": 1.0},
+            ("argmax", "gumbel"),
+            "invalid strategy option 'argmax.tau': argmax takes no options",
+        ),
     ],
-    ids=["no-taker", "scope-not-in-study", "unknown-scoped"],
+    ids=[
+        "no-taker",
+        "no-taker-skips-optionless",
+        "no-taker-of-two",
+        "no-options-at-all",
+        "scope-not-in-study",
+        "unknown-scoped",
+        "scoped-takes-none",
+    ],
 )
-def test_scope_options_errors(raw: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        scope_options(raw, ("argmax", "gumbel"), "strategy")
+def test_scope_options_errors(raw: dict, names: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        scope_options(raw, names, "strategy")
+    assert str(info.value) == message
 
 
 @pytest.mark.parametrize(
@@ -140,7 +184,11 @@ def test_parse_path_forms(text: str, expected: ConfigPath) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("optimizer.lr", "unknown config section"),
+        (
+            "optimizer.lr",
+            "unknown section 'optimizer' in config path 'optimizer.lr'; "
+            "valid sections: data, model, strategy, train",
+        ),
         ("train.learning_rate", "unknown train setting 'learning_rate'.*lr"),
         ("train", "expected SECTION.FIELD"),
         ("train.threads", "does not change a run's results"),
@@ -152,6 +200,15 @@ def test_parse_path_forms(text: str, expected: ConfigPath) -> None:
 def test_parse_path_errors(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_path(text)
+
+
+def test_parse_path_names_factor() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_path("strat.tau_end", label="factor")
+    assert str(info.value) == (
+        "unknown section 'strat' in factor 'strat.tau_end'; "
+        "valid sections: data, model, strategy, train"
+    )
 
 
 def test_coerce_value_by_declared_type() -> None:
