@@ -37,7 +37,7 @@ def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the interactions come from and how they are prepared and split.
+    """Source, preparation and split of the interactions.
 
     Attributes:
         source: A file path, or ``"synthetic"`` for the embedded planted-interest data.
@@ -77,7 +77,7 @@ class DataConfig:
 
         path = Path(self.source)
         stem = path.stem
-        # Generic file names ("train", "ratings") say little; prefix the folder.
+        # Generic file names ("train", "ratings") are ambiguous, so the folder name is prefixed.
         if stem.lower() in {"train", "ratings", "data", "u", "interactions"}:
             return f"{path.parent.name}-{stem}"
         return stem

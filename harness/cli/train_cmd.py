@@ -163,7 +163,7 @@ def recorded_config(path: Path, *, device: str, threads: int | None) -> RunConfi
     the run id), so a run recorded on another machine reproduces here.
 
     Raises:
-        ConfigError: The file is missing, is not JSON or holds no run config.
+        ConfigError: The file is missing, is not JSON or contains no run config.
     """
     import dataclasses
     import json
@@ -178,7 +178,7 @@ def recorded_config(path: Path, *, device: str, threads: int | None) -> RunConfi
         recorded = RunConfig.from_dict(payload["config"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ConfigError(
-            f"invalid run config {path}: {exc}; pass the config.json that a run folder holds"
+            f"invalid run config {path}: {exc}; pass the config.json file of a run folder"
         ) from None
     train = dataclasses.replace(recorded.train, device=device, threads=threads)
     return dataclasses.replace(recorded, train=train)

@@ -572,7 +572,7 @@ def _process_running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A zombie still answers signal 0; it is gone for our purposes.
+    # A zombie process still accepts signal 0, but it has already exited.
     status = Path(f"/proc/{pid}/stat")
     return status.exists() and status.read_text().split()[2] != "Z"
 
