@@ -3,7 +3,7 @@
 Library code raises :class:`HarnessError` (or a subclass) for anything a user
 can fix: a bad file, an unknown name, an invalid option. The CLI prints its
 message as one line and exits with a non-zero status, without a traceback.
-Messages name the file, line or value at fault and say what to do.
+Messages name the file, line or value at fault and state what to do.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temporary file must be on the same file system for os.replace to be atomic. It is
     # created by the writer itself (not mkstemp, whose mode is 0600), so it gets the umask's
-    # permissions; the process id and a random suffix keep concurrent writers apart.
+    # permissions. The process id and a random suffix keep concurrent writers apart.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         write(tmp)

@@ -15,7 +15,7 @@ class StrategyOptions:
 
 @dataclass(frozen=True)
 class Selection:
-    """What a strategy returns for one batch.
+    """Result of a strategy for one batch.
 
     Attributes:
         vector: ``(B, D)`` the user vector that scores the target in the loss.

@@ -25,7 +25,7 @@ def pad_windows(values: np.ndarray, ends: np.ndarray, starts: np.ndarray, max_le
     """
     ends = np.asarray(ends, dtype=np.int64)
     starts = np.maximum(np.asarray(starts, dtype=np.int64), ends - max_len)
-    # Column j of row b holds values[ends[b] - L + j] when that index is inside the window.
+    # Column j of row b contains values[ends[b] - L + j] when that index is inside the window.
     index = ends[:, None] - max_len + np.arange(max_len, dtype=np.int64)[None, :]  # (B, L)
     mask = index >= starts[:, None]
     history = np.where(mask, values[np.clip(index, 0, max(len(values) - 1, 0))] if len(values) else 0, 0)

@@ -102,7 +102,7 @@ class EvalSet:
 
     Attributes:
         users: ``(n,)`` internal user ids.
-        history: ``n`` rows: the items the model sees (time order).
+        history: ``n`` rows: the items fed to the model (time order).
         targets: ``n`` rows: the held-out items to rank (one for leave-one-out).
     """
 

@@ -15,7 +15,7 @@ invocation. A run that fails during this invocation is not queued again
 until the next invocation, so a run that always fails cannot loop.
 
 The run folder decides whether a cell is done: a cell whose ``metrics.json``
-says finished is never queued or trained again, and its files are not
+has status finished is never queued or trained again, and its files are not
 touched.
 """
 

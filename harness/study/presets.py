@@ -71,10 +71,10 @@ TRAIN_FIELDS = ("max_steps", "eval_every", "patience", "num_negatives", "valid_u
 
 # Measured with `harness study --backbones all --strategies all --preset quick`,
 # which makes 32 runs (4 backbones x 4 strategies x 2 seeds) on the embedded
-# synthetic data. On a 2-core VM that other processes kept busy (load average
-# about 3), it took 1 min 16 s with --jobs 2 (one torch thread per run) and
-# 5 min 14 s with the default single job (two threads per run, which the
-# other load slowed most).
+# synthetic data, on a 2-core VM that other processes kept busy (load average
+# about 3). It took 1 min 16 s with --jobs 2 (one torch thread per run). With
+# the default single job it took 5 min 14 s, because its two threads per run
+# suffered most from the other load.
 # Both gave the same numbers. At this budget BaM-style sampling already beats
 # argmax on ComiRec-SA, MIND and REMI.
 QUICK = Preset(
